@@ -1,0 +1,207 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/abproxy/abproxy/config"
+	"github.com/abproxy/abproxy/proxy"
+	"github.com/abproxy/abproxy/recorder"
+)
+
+type serveFlags struct {
+	logFlags
+	config      string
+	listen      string
+	db          string
+	backends    []string
+	run         string
+	storeBodies bool
+}
+
+func newServeCmd() *cobra.Command {
+	var f serveFlags
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the proxy: forward OpenAI requests to the backends and record every stream",
+		Long: `Run the data plane. Point any OpenAI client's base URL at http://LISTEN/v1.
+
+Each request goes to the backend named in its X-ABProxy-Backend header, or
+to the first configured backend. Every response is timestamped per SSE
+event and recorded in the SQLite file. SIGINT/SIGTERM stop accepting,
+let in-flight streams finish (proxy.drain_timeout), flush the recorder
+and exit 0.`,
+		Example: `  abproxy serve --config config.toml
+  abproxy serve --backend baseline=http://127.0.0.1:8010 --db study.db`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runServe(cmd.Context(), &f) },
+	}
+	cmd.Flags().StringVarP(&f.config, "config", "c", "", "config file (default ./config.toml when it exists)")
+	cmd.Flags().StringVar(&f.listen, "listen", "", "listen address, overrides proxy.listen")
+	cmd.Flags().StringVar(&f.db, "db", "", "SQLite file, overrides recorder.path")
+	cmd.Flags().StringArrayVar(&f.backends, "backend", nil, "backend as NAME=URL[,model=NAME]; repeatable; replaces the config's backends")
+	cmd.Flags().StringVar(&f.run, "run", "", "run name for requests without X-ABProxy-Run (default serve-YYYYMMDD-HHMMSS)")
+	cmd.Flags().BoolVar(&f.storeBodies, "store-bodies", false, "store prompts and outputs, not only their hashes")
+	f.logFlags.register(cmd)
+	return cmd
+}
+
+// loadConfig reads --config, or ./config.toml when present, or defaults.
+func loadConfig(path string) (*config.Config, error) {
+	if path != "" {
+		return config.Load(path)
+	}
+	if _, err := os.Stat("config.toml"); err == nil {
+		return config.Load("config.toml")
+	}
+	return config.Default(), nil
+}
+
+// parseBackendFlag reads NAME=URL[,model=MODEL].
+func parseBackendFlag(s string) (config.Backend, error) {
+	name, rest, ok := strings.Cut(s, "=")
+	if !ok || name == "" || rest == "" {
+		return config.Backend{}, fmt.Errorf("--backend %q is not NAME=URL", s)
+	}
+	b := config.Backend{Name: name}
+	parts := strings.Split(rest, ",")
+	b.URL = parts[0]
+	for _, p := range parts[1:] {
+		k, v, _ := strings.Cut(p, "=")
+		switch k {
+		case "model":
+			b.Model = v
+		default:
+			return config.Backend{}, fmt.Errorf("--backend %q: unknown option %q (only model=NAME)", s, k)
+		}
+	}
+	return b, nil
+}
+
+func runServe(ctx context.Context, f *serveFlags) error {
+	cfg, err := loadConfig(f.config)
+	if err != nil {
+		return err
+	}
+	if f.listen != "" {
+		cfg.Proxy.Listen = f.listen
+	}
+	if f.db != "" {
+		cfg.Recorder.Path = f.db
+	}
+	if f.storeBodies {
+		cfg.Recorder.StoreBodies = true
+	}
+	if len(f.backends) > 0 {
+		cfg.Backends = nil
+		for _, s := range f.backends {
+			b, err := parseBackendFlag(s)
+			if err != nil {
+				return err
+			}
+			cfg.Backends = append(cfg.Backends, b)
+		}
+	}
+	if f.level != "" {
+		cfg.Log.Level = f.level
+	}
+	if f.format != "" {
+		cfg.Log.Format = f.format
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if len(cfg.Backends) == 0 {
+		return errors.New("no backend configured: pass --backend NAME=URL or add a [[backend]] section to the config")
+	}
+	log, err := newLogger(cfg.Log.Level, cfg.Log.Format)
+	if err != nil {
+		return err
+	}
+	defer log.Sync() //nolint:errcheck
+
+	rec, err := recorder.Open(recorder.Options{
+		Path: cfg.Recorder.Path, QueueSize: cfg.Recorder.QueueSize,
+		StoreBodies: cfg.Recorder.StoreBodies, Logger: log.Named("recorder"),
+	})
+	if err != nil {
+		return err
+	}
+	runName := f.run
+	if runName == "" {
+		runName = "serve-" + time.Now().Format("20060102-150405")
+	}
+	meta, _ := json.Marshal(map[string]any{"command": "serve", "version": version, "backends": redactBackends(cfg.Backends), "listen": cfg.Proxy.Listen})
+	if _, err := rec.EnsureRun(recorder.Run{Name: runName, Kind: "live", StartedNS: time.Now().UnixNano(), Meta: meta}); err != nil {
+		rec.Close()
+		return err
+	}
+	p, err := proxy.New(proxy.Options{Config: cfg, Sink: rec, Logger: log.Named("proxy"), Run: runName, StoreBodies: cfg.Recorder.StoreBodies})
+	if err != nil {
+		rec.Close()
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Proxy.Listen)
+	if err != nil {
+		rec.Close()
+		return fmt.Errorf("listen on %s: %w", cfg.Proxy.Listen, err)
+	}
+	log.Info("serving", zap.String("listen", ln.Addr().String()), zap.Strings("backends", cfg.BackendNames()),
+		zap.String("db", cfg.Recorder.Path), zap.String("run", runName))
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- p.Serve(ln) }()
+	select {
+	case err = <-serveErr:
+		log.Error("proxy stopped", zap.Error(err))
+	case s := <-sigs:
+		log.Info("draining", zap.String("signal", s.String()), zap.Int64("in_flight", p.InFlight()),
+			zap.Duration("drain_timeout", cfg.Proxy.DrainTimeout.Duration))
+	case <-ctxDone(ctx):
+	}
+	dctx, cancel := context.WithTimeout(context.Background(), cfg.Proxy.DrainTimeout.Duration)
+	defer cancel()
+	if derr := p.Shutdown(dctx); derr != nil {
+		log.Warn("shutdown", zap.Error(derr))
+	}
+	if eerr := rec.EndRun(runName, time.Now().UnixNano()); eerr != nil {
+		log.Warn("end run", zap.Error(eerr))
+	}
+	st := rec.Stats()
+	if cerr := rec.Close(); cerr != nil {
+		return fmt.Errorf("close recorder: %w", cerr)
+	}
+	log.Info("stopped", zap.Int64("recorded", st.Written), zap.Int64("dropped", st.Dropped))
+	return err
+}
+
+func ctxDone(ctx context.Context) <-chan struct{} {
+	if ctx == nil {
+		return nil
+	}
+	return ctx.Done()
+}
+
+// redactBackends is the backend list as recorded in run metadata: keys are
+// never stored, only whether one is set.
+func redactBackends(bs []config.Backend) []map[string]any {
+	out := make([]map[string]any, len(bs))
+	for i, b := range bs {
+		out[i] = map[string]any{"name": b.Name, "url": b.URL, "model": b.Model, "api_key_set": b.APIKey != ""}
+	}
+	return out
+}

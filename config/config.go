@@ -1,0 +1,235 @@
+// Package config parses abproxy's config.toml once into typed structs and
+// checks it, so that every other package works with validated values.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
+)
+
+// Config is the whole configuration file.
+type Config struct {
+	// Proxy is the data plane listener and its limits.
+	Proxy Proxy `toml:"proxy"`
+	// Recorder is where and how measurements are stored.
+	Recorder Recorder `toml:"recorder"`
+	// Backends are the inference servers behind the proxy, in order; the
+	// first is the default when a request names none.
+	Backends []Backend `toml:"backend"`
+	// Log configures structured logging.
+	Log Log `toml:"log"`
+}
+
+// Proxy configures the data plane.
+type Proxy struct {
+	// Listen is the host:port the proxy accepts clients on.
+	Listen string `toml:"listen"`
+	// MaxBodyBytes is the largest request body accepted (413 above it).
+	MaxBodyBytes int `toml:"max_body_bytes"`
+	// ConnectTimeout bounds dialing a backend.
+	ConnectTimeout Duration `toml:"connect_timeout"`
+	// IdleTimeout is the longest a backend may stay silent before the
+	// response headers or between two stream chunks.
+	IdleTimeout Duration `toml:"idle_timeout"`
+	// DrainTimeout is how long in-flight streams may run after SIGINT/SIGTERM.
+	DrainTimeout Duration `toml:"drain_timeout"`
+	// MaxConnsPerBackend caps open connections to one backend.
+	MaxConnsPerBackend int `toml:"max_conns_per_backend"`
+}
+
+// Recorder configures measurement storage.
+type Recorder struct {
+	// Path is the SQLite file.
+	Path string `toml:"path"`
+	// StoreBodies keeps prompts and outputs; off by default (hashes only).
+	StoreBodies bool `toml:"store_bodies"`
+	// QueueSize bounds records waiting for the writer.
+	QueueSize int `toml:"queue_size"`
+}
+
+// Backend is one inference server.
+type Backend struct {
+	// Name identifies the backend in headers, records and reports.
+	Name string `toml:"name"`
+	// URL is the server's base URL (scheme://host:port, no /v1).
+	URL string `toml:"url"`
+	// Model is the model name this backend serves; it is written into
+	// requests whose model differs.
+	Model string `toml:"model"`
+	// APIKey, when set, replaces the client's Authorization header upstream.
+	APIKey string `toml:"api_key"`
+}
+
+// Log configures logging.
+type Log struct {
+	// Level is debug, info, warn or error.
+	Level string `toml:"level"`
+	// Format is console or json.
+	Format string `toml:"format"`
+}
+
+// Duration is a time.Duration written as "30s" in TOML.
+type Duration struct{ time.Duration }
+
+// UnmarshalText parses a Go duration string.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("invalid duration %q (use e.g. \"30s\" or \"1m\")", b)
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText writes the duration as a Go duration string.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// Default returns the configuration used when no file is given: one
+// simulated baseline backend on the port the reference study used.
+func Default() *Config {
+	c := &Config{}
+	c.setDefaults()
+	return c
+}
+
+func (c *Config) setDefaults() {
+	if c.Proxy.Listen == "" {
+		c.Proxy.Listen = "127.0.0.1:8080"
+	}
+	if c.Proxy.MaxBodyBytes == 0 {
+		c.Proxy.MaxBodyBytes = 16 << 20
+	}
+	if c.Proxy.ConnectTimeout.Duration == 0 {
+		c.Proxy.ConnectTimeout.Duration = 5 * time.Second
+	}
+	if c.Proxy.IdleTimeout.Duration == 0 {
+		c.Proxy.IdleTimeout.Duration = 5 * time.Minute
+	}
+	if c.Proxy.DrainTimeout.Duration == 0 {
+		c.Proxy.DrainTimeout.Duration = 30 * time.Second
+	}
+	if c.Proxy.MaxConnsPerBackend == 0 {
+		c.Proxy.MaxConnsPerBackend = 4096
+	}
+	if c.Recorder.Path == "" {
+		c.Recorder.Path = "abproxy.db"
+	}
+	if c.Recorder.QueueSize == 0 {
+		c.Recorder.QueueSize = 65536
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "console"
+	}
+}
+
+// Load reads, defaults and validates a config file. Unknown keys are
+// errors: a misspelt key silently ignored is a benchmark silently wrong.
+func Load(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(path, b)
+}
+
+// Parse is Load on bytes already read; name is used in messages.
+func Parse(name string, b []byte) (*Config, error) {
+	c := &Config{}
+	dec := toml.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(c); err != nil {
+		var sm *toml.StrictMissingError
+		if errors.As(err, &sm) && len(sm.Errors) > 0 {
+			e := sm.Errors[0]
+			row, _ := e.Position()
+			return nil, fmt.Errorf("%s:%d: unknown key %q", name, row, strings.Join(e.Key(), "."))
+		}
+		var de *toml.DecodeError
+		if errors.As(err, &de) {
+			row, _ := de.Position()
+			return nil, fmt.Errorf("%s:%d: %s", name, row, de.Error())
+		}
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	c.setDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return c, nil
+}
+
+// Validate checks values that parse but cannot work.
+func (c *Config) Validate() error {
+	if _, _, err := net.SplitHostPort(c.Proxy.Listen); err != nil {
+		return fmt.Errorf("proxy.listen %q is not host:port", c.Proxy.Listen)
+	}
+	if c.Proxy.MaxBodyBytes < 0 {
+		return fmt.Errorf("proxy.max_body_bytes must be positive")
+	}
+	for _, d := range []struct {
+		name string
+		v    Duration
+	}{{"proxy.connect_timeout", c.Proxy.ConnectTimeout}, {"proxy.idle_timeout", c.Proxy.IdleTimeout}, {"proxy.drain_timeout", c.Proxy.DrainTimeout}} {
+		if d.v.Duration < 0 {
+			return fmt.Errorf("%s must not be negative", d.name)
+		}
+	}
+	if c.Recorder.QueueSize < 0 {
+		return fmt.Errorf("recorder.queue_size must be positive")
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("log.level %q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "console", "json":
+	default:
+		return fmt.Errorf("log.format %q is not console or json", c.Log.Format)
+	}
+	seen := map[string]bool{}
+	for i, b := range c.Backends {
+		if b.Name == "" {
+			return fmt.Errorf("backend #%d has no name", i+1)
+		}
+		if seen[b.Name] {
+			return fmt.Errorf("backend %q is defined twice", b.Name)
+		}
+		seen[b.Name] = true
+		u, err := url.Parse(b.URL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("backend %q: url %q is not an http(s)://host:port URL", b.Name, b.URL)
+		}
+	}
+	return nil
+}
+
+// Backend returns the backend with the given name.
+func (c *Config) Backend(name string) (Backend, bool) {
+	for _, b := range c.Backends {
+		if b.Name == name {
+			return b, true
+		}
+	}
+	return Backend{}, false
+}
+
+// BackendNames lists the configured backend names in order.
+func (c *Config) BackendNames() []string {
+	out := make([]string, len(c.Backends))
+	for i, b := range c.Backends {
+		out[i] = b.Name
+	}
+	return out
+}

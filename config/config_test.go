@@ -1,0 +1,70 @@
+package config
+
+import (
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestShippedConfigLoads(t *testing.T) {
+	c, err := Load("../config.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Proxy.Listen != "127.0.0.1:8080" || c.Recorder.Path != "abproxy.db" {
+		t.Fatalf("unexpected values: %+v", c)
+	}
+	if got := c.BackendNames(); len(got) != 2 || got[0] != "baseline" || got[1] != "optimized" {
+		t.Fatalf("backends = %v", got)
+	}
+	if c.Proxy.IdleTimeout.Duration != 5*time.Minute {
+		t.Fatalf("idle_timeout = %v", c.Proxy.IdleTimeout)
+	}
+}
+
+func TestDefaultsApplied(t *testing.T) {
+	c, err := Parse("x.toml", []byte("[[backend]]\nname='a'\nurl='http://127.0.0.1:1'\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Proxy.MaxBodyBytes != 16<<20 || c.Proxy.DrainTimeout.Duration != 30*time.Second || c.Log.Level != "info" {
+		t.Fatalf("defaults not applied: %+v", c.Proxy)
+	}
+}
+
+func TestErrors(t *testing.T) {
+	cases := map[string]string{
+		"[proxy]\nlisen = 'x'\n":                 `x.toml:2: unknown key "proxy.lisen"`,
+		"[proxy]\nidle_timeout = '5 minutes'\n":  `invalid duration`,
+		"[proxy]\nlisten = 'nope'\n":             `proxy.listen "nope" is not host:port`,
+		"[[backend]]\nurl='http://a:1'\n":        `backend #1 has no name`,
+		"[[backend]]\nname='a'\nurl='ftp://a'\n": `url "ftp://a" is not an http(s)://host:port URL`,
+		"[[backend]]\nname='a'\nurl='http://a:1'\n[[backend]]\nname='a'\nurl='http://a:2'\n": `backend "a" is defined twice`,
+		"[log]\nlevel='loud'\n": `log.level "loud"`,
+		"[proxy\n":              `x.toml:1:`,
+	}
+	for in, want := range cases {
+		_, err := Parse("x.toml", []byte(in))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Parse(%q) error = %v, want it to contain %q", in, err, want)
+		}
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	_, err := Load(t.TempDir() + "/none.toml")
+	if err == nil || !os.IsNotExist(unwrapAll(err)) {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func unwrapAll(err error) error {
+	for {
+		u, ok := err.(interface{ Unwrap() error })
+		if !ok {
+			return err
+		}
+		err = u.Unwrap()
+	}
+}

@@ -1,0 +1,633 @@
+// Package proxy is abproxy's data plane: an OpenAI-compatible HTTP proxy
+// on fasthttp that forwards each request to a backend, streams the answer
+// back event by event, and taps every Server-Sent Event on the way to time
+// it and read its usage, without waiting on the disk or on logging.
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"go.uber.org/zap"
+
+	"github.com/abproxy/abproxy/config"
+	"github.com/abproxy/abproxy/recorder"
+)
+
+// Sink receives finished request records. recorder.Recorder is one; Submit
+// must not block.
+type Sink interface {
+	Submit(r *recorder.Request) bool
+}
+
+// Options configure a Proxy.
+type Options struct {
+	// Config holds the proxy settings and the backends.
+	Config *config.Config
+	// Sink receives one record per request; nil discards them.
+	Sink Sink
+	// Logger logs lifecycle and errors; per-request lines only at debug.
+	Logger *zap.Logger
+	// Run is the run name for requests without an X-ABProxy-Run header.
+	Run string
+	// StoreBodies keeps prompt and output text in records.
+	StoreBodies bool
+}
+
+// Header names of the abproxy header contract.
+const (
+	HeaderBackend   = "X-ABProxy-Backend"
+	HeaderRun       = "X-ABProxy-Run"
+	HeaderNoMirror  = "X-ABProxy-No-Mirror"
+	HeaderRequestID = "X-ABProxy-Request-Id"
+)
+
+// Proxy is the data plane server.
+type Proxy struct {
+	cfg       *config.Config
+	sink      Sink
+	log       *zap.Logger
+	run       string
+	bodies    bool
+	upstreams []*upstream
+	byName    map[string]*upstream
+	srv       *fasthttp.Server
+	ids       idGen
+
+	inflight   sync.WaitGroup
+	activeMu   sync.Mutex
+	active     map[*upConn]struct{}
+	inflightN  atomic.Int64
+	shutdownCh chan struct{}
+	closeOnce  sync.Once
+
+	rewriters sync.Pool
+	taps      sync.Pool
+	bufs      sync.Pool
+}
+
+// New builds a proxy from a validated config.
+func New(opts Options) (*Proxy, error) {
+	cfg := opts.Config
+	if cfg == nil {
+		return nil, errors.New("proxy: no config")
+	}
+	if len(cfg.Backends) == 0 {
+		return nil, errors.New("no backend configured: add a [[backend]] section with name and url")
+	}
+	log := opts.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	p := &Proxy{
+		cfg: cfg, sink: opts.Sink, log: log, run: opts.Run, bodies: opts.StoreBodies,
+		byName:     map[string]*upstream{},
+		active:     map[*upConn]struct{}{},
+		shutdownCh: make(chan struct{}),
+	}
+	p.ids.init()
+	for _, b := range cfg.Backends {
+		u, err := newUpstream(b, cfg.Proxy.ConnectTimeout.Duration, cfg.Proxy.IdleTimeout.Duration, 1024)
+		if err != nil {
+			return nil, err
+		}
+		p.upstreams = append(p.upstreams, u)
+		p.byName[b.Name] = u
+	}
+	p.rewriters.New = func() any { return &rewriter{} }
+	p.taps.New = func() any { return newTap() }
+	p.bufs.New = func() any { b := make([]byte, 32<<10); return &b }
+	p.srv = &fasthttp.Server{
+		Handler:                       p.handle,
+		ErrorHandler:                  p.handleParseError,
+		Name:                          "abproxy",
+		MaxRequestBodySize:            cfg.Proxy.MaxBodyBytes,
+		NoDefaultServerHeader:         true,
+		NoDefaultContentType:          true,
+		NoDefaultDate:                 true,
+		DisablePreParseMultipartForm:  true,
+		IdleTimeout:                   90 * time.Second,
+		CloseOnShutdown:               true,
+		DisableHeaderNamesNormalizing: false,
+		Logger:                        fasthttpLogger{log},
+	}
+	return p, nil
+}
+
+// Serve accepts clients on ln until Shutdown.
+func (p *Proxy) Serve(ln net.Listener) error { return p.srv.Serve(ln) }
+
+// Handler returns the request handler, for tests and embedding.
+func (p *Proxy) Handler() fasthttp.RequestHandler { return p.handle }
+
+// InFlight is the number of requests being served now.
+func (p *Proxy) InFlight() int64 { return p.inflightN.Load() }
+
+// Shutdown stops accepting connections and lets in-flight requests finish
+// until ctx is done; requests still running then are cut and recorded as
+// proxy_shutdown. It returns once every record has been handed to the sink.
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	err := p.srv.ShutdownWithContext(ctx)
+	p.closeOnce.Do(func() { close(p.shutdownCh) })
+	if err != nil {
+		p.activeMu.Lock()
+		for c := range p.active {
+			c.aborted.Store(true)
+			_ = c.c.SetReadDeadline(time.Now()) // wakes a reader blocked now
+		}
+		p.activeMu.Unlock()
+	}
+	p.inflight.Wait()
+	for _, u := range p.upstreams {
+		u.closeIdle()
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return fmt.Errorf("drain timeout: in-flight requests were cut")
+	}
+	return err
+}
+
+func (p *Proxy) track(c *upConn) {
+	p.activeMu.Lock()
+	p.active[c] = struct{}{}
+	p.activeMu.Unlock()
+}
+
+func (p *Proxy) untrack(c *upConn) {
+	p.activeMu.Lock()
+	delete(p.active, c)
+	p.activeMu.Unlock()
+}
+
+func (p *Proxy) shuttingDown() bool {
+	select {
+	case <-p.shutdownCh:
+		return true
+	default:
+		return false
+	}
+}
+
+// idGen makes request ids: a random per-process prefix and a counter, so
+// ids are unique across restarts and cost one atomic add.
+type idGen struct {
+	prefix [16]byte
+	n      atomic.Uint64
+}
+
+func (g *idGen) init() {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	hex.Encode(g.prefix[:], b[:])
+}
+
+func (g *idGen) next() string {
+	var b [32]byte
+	copy(b[:16], g.prefix[:])
+	n := g.n.Add(1)
+	const digits = "0123456789abcdef"
+	for i := 31; i >= 16; i-- {
+		b[i] = digits[n&15]
+		n >>= 4
+	}
+	return string(b[:])
+}
+
+var (
+	pathChat        = []byte("/v1/chat/completions")
+	pathCompletions = []byte("/v1/completions")
+	prefixV1        = []byte("/v1/")
+	pathHealth      = []byte("/health")
+	ctEventStream   = []byte("text/event-stream")
+	ctJSON          = []byte("application/json")
+)
+
+func now() int64 { return time.Now().UnixNano() }
+
+func (p *Proxy) newRecord(ctx *fasthttp.RequestCtx, start int64) *recorder.Request {
+	run := p.run
+	if h := ctx.Request.Header.Peek(HeaderRun); len(h) > 0 {
+		run = string(h)
+	}
+	return &recorder.Request{
+		ID:               p.ids.next(),
+		Run:              run,
+		Role:             "primary",
+		Endpoint:         string(ctx.Path()),
+		StartNS:          start,
+		PromptTokens:     -1,
+		CompletionTokens: -1,
+		BytesIn:          int64(len(ctx.Request.Body())),
+	}
+}
+
+// finish hands a record to the sink and, at debug level only, logs it.
+func (p *Proxy) finish(rec *recorder.Request) {
+	if p.sink != nil {
+		p.sink.Submit(rec)
+	}
+	if ce := p.log.Check(zap.DebugLevel, "request"); ce != nil {
+		ce.Write(zap.String("id", rec.ID), zap.String("backend", rec.Backend),
+			zap.String("endpoint", rec.Endpoint), zap.Int("status", rec.Status),
+			zap.String("error", rec.Error), zap.Int("chunks", len(rec.ChunkNS)),
+			zap.Float64("ttft_ms", msBetween(rec.StartNS, rec.FirstTokenNS)),
+			zap.Float64("e2e_ms", msBetween(rec.StartNS, rec.EndNS)))
+	}
+	p.inflightN.Add(-1)
+	p.inflight.Done()
+}
+
+func msBetween(a, b int64) float64 {
+	if a == 0 || b == 0 {
+		return 0
+	}
+	return float64(b-a) / 1e6
+}
+
+// fail answers the client with an OpenAI error and records it.
+func (p *Proxy) fail(ctx *fasthttp.RequestCtx, rec *recorder.Request, status int, class, typ, msg string) {
+	rec.BytesOut = int64(writeError(ctx, status, typ, class, msg))
+	rec.Status = status
+	rec.Error = class
+	rec.ErrorDetail = msg
+	rec.EndNS = now()
+	ctx.Response.Header.Set(HeaderRequestID, rec.ID)
+	if rec.Backend != "" {
+		ctx.Response.Header.Set(HeaderBackend, rec.Backend)
+	}
+	p.finish(rec)
+}
+
+// handleParseError answers requests fasthttp could not read, chiefly
+// bodies over the limit, with an OpenAI error and a record.
+func (p *Proxy) handleParseError(ctx *fasthttp.RequestCtx, err error) {
+	start := now()
+	p.inflight.Add(1)
+	p.inflightN.Add(1)
+	rec := p.newRecord(ctx, start)
+	rec.BytesIn = 0
+	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
+		p.fail(ctx, rec, fasthttp.StatusRequestEntityTooLarge, ErrBodyTooLarge, "invalid_request_error",
+			fmt.Sprintf("request body is larger than the proxy's limit of %d bytes (proxy.max_body_bytes)", p.cfg.Proxy.MaxBodyBytes))
+		return
+	}
+	p.fail(ctx, rec, fasthttp.StatusBadRequest, ErrBadRequest, "invalid_request_error", "malformed HTTP request: "+err.Error())
+}
+
+func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
+	start := now()
+	path := ctx.Path()
+	if bytes.Equal(path, pathHealth) {
+		ctx.SetStatusCode(fasthttp.StatusOK)
+		return
+	}
+	p.inflight.Add(1)
+	p.inflightN.Add(1)
+	rec := p.newRecord(ctx, start)
+	if !bytes.HasPrefix(path, prefixV1) {
+		p.fail(ctx, rec, fasthttp.StatusNotFound, ErrNotFound, "not_found_error",
+			fmt.Sprintf("abproxy serves the OpenAI API under /v1/; %q is not part of it", path))
+		return
+	}
+	up := p.upstreams[0]
+	if name := ctx.Request.Header.Peek(HeaderBackend); len(name) > 0 {
+		u, ok := p.byName[string(name)]
+		if !ok {
+			p.fail(ctx, rec, fasthttp.StatusBadRequest, ErrUnknownBackend, "invalid_request_error",
+				fmt.Sprintf("unknown backend %q in %s (configured: %v)", name, HeaderBackend, p.cfg.BackendNames()))
+			return
+		}
+		up = u
+	}
+	rec.Backend = up.name
+	tapped := ctx.IsPost() && (bytes.Equal(path, pathChat) || bytes.Equal(path, pathCompletions))
+	body := ctx.Request.Body()
+	var cr clientRequest
+	if tapped {
+		rw := p.rewriters.Get().(*rewriter)
+		var err error
+		cr, body, err = rw.rewrite(body, up.model, p.bodies)
+		if err != nil {
+			p.rewriters.Put(rw)
+			p.fail(ctx, rec, fasthttp.StatusBadRequest, ErrBadRequest, "invalid_request_error",
+				"request body is not valid JSON: "+err.Error())
+			return
+		}
+		// body may alias the rewriter's buffer: copy it out before pooling.
+		if !sameSlice(body, ctx.Request.Body()) {
+			body = append([]byte(nil), body...)
+		}
+		p.rewriters.Put(rw)
+		rec.Model = cr.model
+		if up.model != "" {
+			rec.Model = up.model
+		}
+		rec.Stream = cr.stream
+		rec.PromptSHA256 = cr.promptSHA256
+		if p.bodies {
+			rec.Prompt = string(cr.prompt)
+		}
+	}
+	p.forward(ctx, rec, up, body, cr, tapped)
+}
+
+func sameSlice(a, b []byte) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
+// exchange is one request's trip to a backend and back.
+type exchange struct {
+	p        *Proxy
+	rec      *recorder.Request
+	up       *upstream
+	conn     *upConn
+	body     io.Reader
+	reusable bool
+	tap      *tap
+	keepUse  bool // forward the usage-only chunk (the client asked for it)
+	tapped   bool
+}
+
+// roundTrip sends the request and reads the response header. A pooled
+// connection the backend closed meanwhile gets one retry on a fresh one.
+func (p *Proxy) roundTrip(ctx *fasthttp.RequestCtx, rec *recorder.Request, up *upstream, body []byte, tapped bool, h *fasthttp.ResponseHeader) (*upConn, error) {
+	for attempt := 0; ; attempt++ {
+		c, err := up.get()
+		if err != nil {
+			return nil, err
+		}
+		p.track(c)
+		err = up.writeRequest(c, &ctx.Request, ctx.Request.Header.RequestURI(), body, rec.ID, tapped)
+		if err == nil {
+			rec.UpstreamNS = now()
+			_, err = c.br.Peek(1)
+			if err == nil {
+				rec.FirstByteNS = now()
+				err = h.Read(c.br)
+				if err == nil {
+					return c, nil
+				}
+			}
+		}
+		p.untrack(c)
+		_ = c.c.Close()
+		if c.reused && attempt == 0 && isStale(err) {
+			rec.UpstreamNS, rec.FirstByteNS = 0, 0
+			continue
+		}
+		return nil, err
+	}
+}
+
+func isStale(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}
+
+func (p *Proxy) forward(ctx *fasthttp.RequestCtx, rec *recorder.Request, up *upstream, body []byte, cr clientRequest, tapped bool) {
+	var h fasthttp.ResponseHeader
+	c, err := p.roundTrip(ctx, rec, up, body, tapped, &h)
+	if err != nil {
+		switch {
+		case p.shuttingDown():
+			p.fail(ctx, rec, fasthttp.StatusServiceUnavailable, ErrShutdown, "server_error", "abproxy is shutting down")
+		case isTimeout(err) && rec.UpstreamNS != 0:
+			p.fail(ctx, rec, fasthttp.StatusGatewayTimeout, ErrTimeout, "timeout",
+				fmt.Sprintf("backend %s sent no response within %s (proxy.idle_timeout)", up.name, p.cfg.Proxy.IdleTimeout.Duration))
+		case rec.UpstreamNS == 0:
+			p.fail(ctx, rec, fasthttp.StatusBadGateway, ErrUpstreamUnreachable, "upstream_error",
+				fmt.Sprintf("backend %s at %s is unreachable: %v", up.name, up.addr, unwrapOp(err)))
+		default:
+			p.fail(ctx, rec, fasthttp.StatusBadGateway, ErrUpstreamReset, "upstream_error",
+				fmt.Sprintf("backend %s closed the connection before answering: %v", up.name, unwrapOp(err)))
+		}
+		return
+	}
+	status := h.StatusCode()
+	rec.Status = status
+	if status >= 400 {
+		rec.Error = ErrUpstreamStatus
+	}
+	resp := &ctx.Response
+	resp.SetStatusCode(status)
+	for k, v := range h.All() {
+		switch string(k) {
+		case "Content-Length", "Transfer-Encoding", "Connection", "Keep-Alive":
+			continue
+		case "Content-Type":
+			resp.Header.SetContentTypeBytes(v)
+			continue
+		}
+		resp.Header.AddBytesKV(k, v)
+	}
+	resp.Header.Set(HeaderRequestID, rec.ID)
+	resp.Header.Set(HeaderBackend, up.name)
+
+	x := &exchange{p: p, rec: rec, up: up, conn: c, tapped: tapped, keepUse: cr.includeUsage || !cr.stream}
+	x.body, x.reusable = bodyReader(c, &h)
+	if tapped {
+		x.tap = p.taps.Get().(*tap)
+		x.tap.reset(p.bodies)
+	}
+	if bytes.HasPrefix(h.ContentType(), ctEventStream) {
+		ctx.SetBodyStreamWriter(x.stream)
+		return
+	}
+	x.whole(ctx)
+}
+
+// unwrapOp drops net.OpError's "dial tcp 1.2.3.4:5:" prefix, which the
+// message already says in words.
+func unwrapOp(err error) error {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Err != nil {
+		return op.Err
+	}
+	return err
+}
+
+// whole reads a non-streamed response and sends it in one piece.
+func (x *exchange) whole(ctx *fasthttp.RequestCtx) {
+	rec := x.rec
+	buf := bytes.NewBuffer(make([]byte, 0, 4096))
+	_, err := buf.ReadFrom(x.body)
+	rec.EndNS = now()
+	if err != nil {
+		x.release(false)
+		x.readError(err)
+		msg := rec.ErrorDetail
+		rec.BytesOut = int64(writeError(ctx, fasthttp.StatusBadGateway, "upstream_error", rec.Error, msg))
+		rec.Status = fasthttp.StatusBadGateway
+		x.done()
+		return
+	}
+	x.release(x.reusable)
+	b := buf.Bytes()
+	if x.tap != nil && bytes.HasPrefix(ctx.Response.Header.ContentType(), ctJSON) {
+		x.tap.body(b)
+	}
+	ctx.Response.SetBody(b)
+	rec.BytesOut = int64(len(b))
+	x.done()
+}
+
+// readError classifies a failed upstream read.
+func (x *exchange) readError(err error) {
+	rec := x.rec
+	switch {
+	case x.p.shuttingDown():
+		rec.Error = ErrShutdown
+		rec.ErrorDetail = "abproxy shut down before the backend finished (proxy.drain_timeout)"
+	case isTimeout(err):
+		rec.Error = ErrTimeout
+		rec.ErrorDetail = fmt.Sprintf("backend %s sent nothing for %s (proxy.idle_timeout)", x.up.name, x.p.cfg.Proxy.IdleTimeout.Duration)
+	default:
+		rec.Error = ErrUpstreamReset
+		rec.ErrorDetail = fmt.Sprintf("backend %s broke off the response: %v", x.up.name, unwrapOp(err))
+	}
+}
+
+// release gives the upstream connection back to the pool or closes it.
+func (x *exchange) release(reuse bool) {
+	if x.conn == nil {
+		return
+	}
+	x.p.untrack(x.conn)
+	if reuse && !x.p.shuttingDown() {
+		x.up.put(x.conn)
+	} else {
+		_ = x.conn.c.Close()
+	}
+	x.conn = nil
+}
+
+// done completes the record from the tap and submits it.
+func (x *exchange) done() {
+	rec := x.rec
+	if t := x.tap; t != nil {
+		rec.FinishReason = t.finishReason
+		if t.outBytes > 0 || rec.Status < 400 {
+			rec.OutputSHA256 = t.outputSHA256()
+		}
+		if x.p.bodies {
+			rec.Output = string(t.text)
+		}
+		if t.promptTokens >= 0 || t.completionTokens >= 0 {
+			rec.PromptTokens, rec.CompletionTokens = t.promptTokens, t.completionTokens
+			rec.TokensSource = "usage"
+		} else if len(rec.ChunkNS) > 0 {
+			// No usage (the stream was cut, or the server gives none): vLLM
+			// sends one token per content chunk, so the chunk count is the
+			// best estimate until a tokenizer is configured.
+			rec.CompletionTokens = len(rec.ChunkNS)
+			rec.TokensSource = "chunks"
+		}
+		if t.errMessage != "" && rec.Error == "" {
+			rec.Error = ErrUpstreamStatus
+			rec.ErrorDetail = t.errMessage
+		}
+		x.tap = nil
+		x.p.taps.Put(t)
+	}
+	x.p.finish(rec)
+}
+
+// stream pumps a Server-Sent Events response to the client, one flush per
+// read so each event leaves as soon as it has fully arrived. It runs on
+// fasthttp's stream-writer goroutine after the handler has returned.
+func (x *exchange) stream(w *bufio.Writer) {
+	rec := x.rec
+	bp := x.p.bufs.Get().(*[]byte)
+	buf := *bp
+	var events eventBuffer
+	if cap(rec.ChunkNS) == 0 {
+		rec.ChunkNS = make([]int64, 0, 64)
+	}
+	var out int64
+	clientGone := false
+	for {
+		n, err := x.body.Read(buf)
+		t := now()
+		if n > 0 {
+			events.feed(buf[:n])
+			for {
+				ev, ok := events.next()
+				if !ok {
+					break
+				}
+				if x.tap != nil {
+					switch x.tap.event(ev) {
+					case eventContent:
+						if rec.FirstTokenNS == 0 {
+							rec.FirstTokenNS = t
+						}
+						rec.ChunkNS = append(rec.ChunkNS, t)
+					case eventUsageOnly:
+						if !x.keepUse {
+							continue // the proxy asked for it, the client did not
+						}
+					}
+				}
+				m, _ := w.Write(ev)
+				out += int64(m)
+			}
+			if werr := w.Flush(); werr != nil {
+				clientGone = true
+			}
+		}
+		if clientGone {
+			rec.Error = ErrClientCancelled
+			rec.ErrorDetail = "the client closed the connection before the stream ended"
+			rec.EndNS = t
+			x.release(false) // closing the connection makes vLLM abort the request
+			break
+		}
+		if err != nil {
+			rec.EndNS = t
+			if err == io.EOF {
+				if rest := events.pending(); len(rest) > 0 {
+					m, _ := w.Write(rest) // a last event without its blank line: pass it on as sent
+					out += int64(m)
+					_ = w.Flush()
+				}
+				x.release(x.reusable)
+				break
+			}
+			x.release(false)
+			x.readError(err)
+			ev := errorEvent(rec.Error, rec.Error, rec.ErrorDetail)
+			m, _ := w.Write(ev)
+			out += int64(m)
+			_ = w.Flush()
+			break
+		}
+	}
+	rec.BytesOut = out
+	x.p.bufs.Put(bp)
+	x.done()
+}
+
+// fasthttpLogger routes fasthttp's own messages into zap at warn level.
+type fasthttpLogger struct{ l *zap.Logger }
+
+func (f fasthttpLogger) Printf(format string, args ...any) {
+	f.l.Warn(fmt.Sprintf(format, args...), zap.String("component", "fasthttp"))
+}

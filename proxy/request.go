@@ -1,0 +1,79 @@
+package proxy
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+
+	"github.com/valyala/fastjson"
+)
+
+// clientRequest is what the proxy needs to know about an OpenAI request body.
+type clientRequest struct {
+	model        string
+	stream       bool
+	includeUsage bool   // the client itself asked for the usage chunk
+	user         string // OpenAI "user" field, a sticky key candidate
+	promptSHA256 string
+	prompt       []byte // messages or prompt as JSON; only kept when bodies are stored
+}
+
+var errNotObject = errors.New("request body must be a JSON object")
+
+// rewriter parses and rewrites request bodies; one per in-flight request,
+// pooled, so the parse allocates nothing in steady state.
+type rewriter struct {
+	parser fastjson.Parser
+	arena  fastjson.Arena
+	out    []byte
+}
+
+// rewrite reads body and returns what to send upstream: the model replaced
+// by backendModel when they differ, and stream_options.include_usage set on
+// streams so that every stream reports usage. When nothing changes the
+// original bytes are returned untouched.
+func (rw *rewriter) rewrite(body []byte, backendModel string, keepPrompt bool) (clientRequest, []byte, error) {
+	var cr clientRequest
+	v, err := rw.parser.ParseBytes(body)
+	if err != nil {
+		return cr, nil, err
+	}
+	if v.Type() != fastjson.TypeObject {
+		return cr, nil, errNotObject
+	}
+	cr.model = string(v.GetStringBytes("model"))
+	cr.stream = v.GetBool("stream")
+	cr.includeUsage = v.GetBool("stream_options", "include_usage")
+	cr.user = string(v.GetStringBytes("user"))
+	p := v.Get("messages")
+	if p == nil {
+		p = v.Get("prompt")
+	}
+	if p != nil {
+		rw.out = p.MarshalTo(rw.out[:0])
+		sum := sha256.Sum256(rw.out)
+		cr.promptSHA256 = hex.EncodeToString(sum[:])
+		if keepPrompt {
+			cr.prompt = append([]byte(nil), rw.out...)
+		}
+	}
+	changeModel := backendModel != "" && cr.model != backendModel
+	addUsage := cr.stream && !cr.includeUsage
+	if !changeModel && !addUsage {
+		return cr, body, nil
+	}
+	rw.arena.Reset()
+	if changeModel {
+		v.Set("model", rw.arena.NewString(backendModel))
+	}
+	if addUsage {
+		so := v.Get("stream_options")
+		if so == nil || so.Type() != fastjson.TypeObject {
+			so = rw.arena.NewObject()
+			v.Set("stream_options", so)
+		}
+		so.Set("include_usage", rw.arena.NewTrue())
+	}
+	rw.out = v.MarshalTo(rw.out[:0])
+	return cr, rw.out, nil
+}

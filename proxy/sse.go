@@ -1,0 +1,250 @@
+package proxy
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"hash"
+
+	"github.com/valyala/fastjson"
+)
+
+// eventBuffer splits a byte stream into complete Server-Sent Events. Bytes
+// are forwarded per event, never per read, so that a stripped event is
+// dropped whole and a partial event is never sent early or twice.
+type eventBuffer struct {
+	buf []byte
+	off int // start of the first unconsumed byte
+}
+
+// feed appends bytes read from upstream.
+func (b *eventBuffer) feed(p []byte) {
+	if b.off > 0 && b.off == len(b.buf) {
+		b.buf, b.off = b.buf[:0], 0
+	}
+	b.buf = append(b.buf, p...)
+}
+
+// next returns the next complete event, terminator included. The slice is
+// valid until the next feed.
+func (b *eventBuffer) next() ([]byte, bool) {
+	rest := b.buf[b.off:]
+	end := eventEnd(rest)
+	if end < 0 {
+		if b.off > 0 && len(rest) > 0 {
+			// keep the partial event at the front so the buffer does not grow
+			n := copy(b.buf, rest)
+			b.buf, b.off = b.buf[:n], 0
+		}
+		return nil, false
+	}
+	b.off += end
+	return rest[:end], true
+}
+
+// pending returns bytes received that do not yet form a complete event.
+func (b *eventBuffer) pending() []byte { return b.buf[b.off:] }
+
+// eventEnd returns the length of the first event in p including its blank
+// line terminator (LF LF, CRLF CRLF, or CR CR as the SSE spec allows), or -1.
+func eventEnd(p []byte) int {
+	for i := 0; i < len(p); i++ {
+		switch p[i] {
+		case '\n':
+			if i+1 < len(p) && p[i+1] == '\n' {
+				return i + 2
+			}
+			if i+2 < len(p) && p[i+1] == '\r' && p[i+2] == '\n' {
+				return i + 3
+			}
+		case '\r':
+			if i+1 < len(p) && p[i+1] == '\r' {
+				return i + 2
+			}
+		}
+	}
+	return -1
+}
+
+// eventData returns the payload of the event's data lines. Several data
+// lines are joined with "\n" as the SSE spec says; that rare case allocates.
+func eventData(ev []byte) []byte {
+	var data []byte
+	lines := 0
+	for len(ev) > 0 {
+		line := ev
+		ev = nil
+		if i := bytes.IndexAny(line, "\r\n"); i >= 0 {
+			rest := line[i+1:]
+			if line[i] == '\r' && len(rest) > 0 && rest[0] == '\n' {
+				rest = rest[1:]
+			}
+			line, ev = line[:i], rest
+		}
+		if !bytes.HasPrefix(line, dataPrefix) {
+			continue
+		}
+		v := line[len(dataPrefix):]
+		if len(v) > 0 && v[0] == ' ' {
+			v = v[1:]
+		}
+		lines++
+		if lines == 1 {
+			data = v
+			continue
+		}
+		if lines == 2 {
+			data = append([]byte(nil), data...)
+		}
+		data = append(append(data, '\n'), v...)
+	}
+	return data
+}
+
+var (
+	dataPrefix = []byte("data:")
+	doneData   = []byte("[DONE]")
+)
+
+// eventKind is what the tap learned from one event.
+type eventKind uint8
+
+const (
+	eventOther     eventKind = iota // role-only, finish-only, comments, unparseable
+	eventContent                    // carries non-empty content or reasoning text
+	eventUsageOnly                  // choices empty, usage present: the include_usage chunk
+	eventDone                       // data: [DONE]
+	eventError                      // an {"error":...} object in the stream
+)
+
+// tap reads what a response says: content, usage, finish reason, and a
+// hash of the output text. One tap serves one response and is reused.
+type tap struct {
+	parser           fastjson.Parser
+	out              hash.Hash
+	outBytes         int64
+	keepText         bool
+	text             []byte
+	promptTokens     int
+	completionTokens int
+	finishReason     string
+	errMessage       string
+}
+
+func newTap() *tap { return &tap{out: sha256.New()} }
+
+func (t *tap) reset(keepText bool) {
+	t.out.Reset()
+	t.outBytes = 0
+	t.keepText = keepText
+	t.text = t.text[:0]
+	t.promptTokens, t.completionTokens = -1, -1
+	t.finishReason, t.errMessage = "", ""
+}
+
+// outputSHA256 returns the hex digest of all content seen.
+func (t *tap) outputSHA256() string {
+	var sum [sha256.Size]byte
+	return hex.EncodeToString(t.out.Sum(sum[:0]))
+}
+
+func (t *tap) addText(b []byte) {
+	t.out.Write(b)
+	t.outBytes += int64(len(b))
+	if t.keepText {
+		t.text = append(t.text, b...)
+	}
+}
+
+// event classifies one SSE event and records what it carries.
+func (t *tap) event(ev []byte) eventKind {
+	data := eventData(ev)
+	if data == nil {
+		return eventOther
+	}
+	if bytes.Equal(data, doneData) {
+		return eventDone
+	}
+	v, err := t.parser.ParseBytes(data)
+	if err != nil {
+		return eventOther
+	}
+	if e := v.Get("error"); e != nil {
+		t.errMessage = string(e.GetStringBytes("message"))
+		if t.errMessage == "" {
+			t.errMessage = "backend sent an error event"
+		}
+		return eventError
+	}
+	t.readUsage(v)
+	choices := v.GetArray("choices")
+	if len(choices) == 0 {
+		if v.Get("usage") != nil && v.Get("usage").Type() == fastjson.TypeObject {
+			return eventUsageOnly
+		}
+		return eventOther
+	}
+	kind := eventOther
+	for _, c := range choices {
+		if fr := c.GetStringBytes("finish_reason"); len(fr) > 0 {
+			t.finishReason = string(fr)
+		}
+		var text []byte
+		if d := c.Get("delta"); d != nil {
+			text = d.GetStringBytes("content")
+			if len(text) == 0 {
+				text = d.GetStringBytes("reasoning_content")
+			}
+			if len(text) == 0 {
+				text = d.GetStringBytes("reasoning")
+			}
+		} else {
+			text = c.GetStringBytes("text") // /v1/completions
+		}
+		if len(text) > 0 {
+			t.addText(text)
+			kind = eventContent
+		}
+	}
+	return kind
+}
+
+// body reads a complete non-streamed JSON response.
+func (t *tap) body(b []byte) {
+	v, err := t.parser.ParseBytes(b)
+	if err != nil {
+		return
+	}
+	if e := v.Get("error"); e != nil {
+		t.errMessage = string(e.GetStringBytes("message"))
+	}
+	t.readUsage(v)
+	for _, c := range v.GetArray("choices") {
+		if fr := c.GetStringBytes("finish_reason"); len(fr) > 0 {
+			t.finishReason = string(fr)
+		}
+		if m := c.Get("message"); m != nil {
+			t.addText(m.GetStringBytes("reasoning_content"))
+			t.addText(m.GetStringBytes("content"))
+		} else {
+			t.addText(c.GetStringBytes("text"))
+		}
+	}
+}
+
+func (t *tap) readUsage(v *fastjson.Value) {
+	u := v.Get("usage")
+	if u == nil || u.Type() != fastjson.TypeObject {
+		return
+	}
+	if p := u.Get("prompt_tokens"); p != nil {
+		if n, err := p.Int(); err == nil {
+			t.promptTokens = n
+		}
+	}
+	if c := u.Get("completion_tokens"); c != nil {
+		if n, err := c.Int(); err == nil {
+			t.completionTokens = n
+		}
+	}
+}
