@@ -66,6 +66,9 @@ type Backend struct {
 	Model string `toml:"model"`
 	// APIKey, when set, replaces the client's Authorization header upstream.
 	APIKey string `toml:"api_key"`
+	// Launch, when set, tells `abproxy launch` how to start this backend as
+	// a container (see launch.go).
+	Launch *Launch `toml:"launch"`
 }
 
 // Log configures logging.
