@@ -5,7 +5,6 @@
 package proxy
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -359,6 +358,8 @@ type exchange struct {
 	tap      *tap
 	keepUse  bool // forward the usage-only chunk (the client asked for it)
 	tapped   bool
+	started  atomic.Bool // the body has been pumped or closed: record once
+	pr       *io.PipeReader
 }
 
 // roundTrip sends the request and reads the response header. A pooled
@@ -448,7 +449,9 @@ func (p *Proxy) forward(ctx *fasthttp.RequestCtx, rec *recorder.Request, up *ups
 		x.tap.reset(p.bodies)
 	}
 	if bytes.HasPrefix(h.ContentType(), ctEventStream) {
-		ctx.SetBodyStreamWriter(x.stream)
+		// headers go out now, as the backend sent them before the first token
+		resp.ImmediateHeaderFlush = true
+		ctx.SetBodyStream(x, -1)
 		return
 	}
 	x.whole(ctx)
@@ -550,22 +553,67 @@ func (x *exchange) done() {
 	x.p.finish(rec)
 }
 
-// stream pumps a Server-Sent Events response to the client, one flush per
-// read so each event leaves as soon as it has fully arrived. It runs on
-// fasthttp's stream-writer goroutine after the handler has returned.
-func (x *exchange) stream(w *bufio.Writer) {
+// The exchange is the response body stream handed to fasthttp. Because it
+// implements fasthttp.BodyWriterTo, fasthttp calls WriteTo with the client
+// connection's own chunked writer: each Write is one HTTP chunk flushed to
+// the socket at once, with no pipe and no extra goroutine in between.
+
+// SupportsBodyWriteTo tells fasthttp that WriteTo may replace Read.
+func (x *exchange) SupportsBodyWriteTo() bool { return true }
+
+// WriteTo pumps the Server-Sent Events response to the client: one write
+// per upstream read, so each event leaves as soon as it has fully arrived.
+func (x *exchange) WriteTo(w io.Writer) (int64, error) {
+	if !x.started.CompareAndSwap(false, true) {
+		return 0, errors.New("response body already consumed")
+	}
+	return x.pump(w)
+}
+
+// Read exists because fasthttp's body stream is an io.Reader; fasthttp uses
+// WriteTo for chunked responses, so this fallback only keeps Read correct.
+func (x *exchange) Read(p []byte) (int, error) {
+	if x.pr == nil {
+		pr, pw := io.Pipe()
+		x.pr = pr
+		go func() {
+			_, err := x.WriteTo(pw)
+			pw.CloseWithError(err)
+		}()
+	}
+	return x.pr.Read(p)
+}
+
+// Close is called by fasthttp when it is done with the body. If the
+// response never got as far as the body (the client left while headers
+// were being written), the request is still recorded exactly once.
+func (x *exchange) Close() error {
+	if x.started.CompareAndSwap(false, true) {
+		x.rec.Error = ErrClientCancelled
+		x.rec.ErrorDetail = "the client closed the connection before the stream started"
+		x.rec.EndNS = now()
+		x.release(false)
+		x.done()
+	}
+	return nil
+}
+
+func (x *exchange) pump(w io.Writer) (int64, error) {
 	rec := x.rec
 	bp := x.p.bufs.Get().(*[]byte)
-	buf := *bp
+	buf := (*bp)[:cap(*bp)]
+	op := x.p.bufs.Get().(*[]byte)
+	out := (*op)[:0]
 	var events eventBuffer
 	if cap(rec.ChunkNS) == 0 {
 		rec.ChunkNS = make([]int64, 0, 64)
 	}
-	var out int64
-	clientGone := false
+	var written int64
+	var werr error
 	for {
 		n, err := x.body.Read(buf)
 		t := now()
+		out = out[:0]
 		if n > 0 {
 			events.feed(buf[:n])
 			for {
@@ -586,43 +634,44 @@ func (x *exchange) stream(w *bufio.Writer) {
 						}
 					}
 				}
-				m, _ := w.Write(ev)
-				out += int64(m)
-			}
-			if werr := w.Flush(); werr != nil {
-				clientGone = true
+				out = append(out, ev...)
 			}
 		}
-		if clientGone {
-			rec.Error = ErrClientCancelled
-			rec.ErrorDetail = "the client closed the connection before the stream ended"
-			rec.EndNS = t
-			x.release(false) // closing the connection makes vLLM abort the request
-			break
+		if err == io.EOF {
+			// a last event without its blank line: pass it on as sent
+			out = append(out, events.pending()...)
+		}
+		if len(out) > 0 { // an empty write would end the chunked body
+			m, e := w.Write(out)
+			written += int64(m)
+			if e != nil {
+				werr = e
+				rec.Error = ErrClientCancelled
+				rec.ErrorDetail = "the client closed the connection before the stream ended"
+				rec.EndNS = t
+				x.release(false) // closing the connection makes vLLM abort the request
+				break
+			}
 		}
 		if err != nil {
 			rec.EndNS = t
 			if err == io.EOF {
-				if rest := events.pending(); len(rest) > 0 {
-					m, _ := w.Write(rest) // a last event without its blank line: pass it on as sent
-					out += int64(m)
-					_ = w.Flush()
-				}
 				x.release(x.reusable)
 				break
 			}
 			x.release(false)
 			x.readError(err)
-			ev := errorEvent(rec.Error, rec.Error, rec.ErrorDetail)
-			m, _ := w.Write(ev)
-			out += int64(m)
-			_ = w.Flush()
+			m, _ := w.Write(errorEvent(rec.Error, rec.Error, rec.ErrorDetail))
+			written += int64(m)
 			break
 		}
 	}
-	rec.BytesOut = out
+	*op = out[:cap(out)]
+	x.p.bufs.Put(op)
 	x.p.bufs.Put(bp)
+	rec.BytesOut = written
 	x.done()
+	return written, werr
 }
 
 // fasthttpLogger routes fasthttp's own messages into zap at warn level.
