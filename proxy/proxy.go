@@ -127,7 +127,7 @@ func New(opts Options) (*Proxy, error) {
 }
 
 // Serve accepts clients on ln until Shutdown.
-func (p *Proxy) Serve(ln net.Listener) error { return p.srv.Serve(ln) }
+func (p *Proxy) Serve(ln net.Listener) error { return p.srv.Serve(wrapListener(ln)) }
 
 // Handler returns the request handler, for tests and embedding.
 func (p *Proxy) Handler() fasthttp.RequestHandler { return p.handle }
@@ -286,8 +286,19 @@ func (p *Proxy) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	p.fail(ctx, rec, fasthttp.StatusBadRequest, ErrBadRequest, "invalid_request_error", "malformed HTTP request: "+err.Error())
 }
 
+// requestStart is when the request was fully read: the kernel's receive
+// time of its last bytes when known (it does not move when the handler runs
+// late under load), else now.
+func requestStart(ctx *fasthttp.RequestCtx) int64 {
+	t := now()
+	if a := arrivalNS(ctx.Conn()); a != 0 && a <= t {
+		return a
+	}
+	return t
+}
+
 func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
-	start := now()
+	start := requestStart(ctx)
 	path := ctx.Path()
 	if bytes.Equal(path, pathHealth) {
 		ctx.SetStatusCode(fasthttp.StatusOK)
@@ -376,7 +387,8 @@ func (p *Proxy) roundTrip(ctx *fasthttp.RequestCtx, rec *recorder.Request, up *u
 			rec.UpstreamNS = now()
 			_, err = c.br.Peek(1)
 			if err == nil {
-				rec.FirstByteNS = now()
+				// the kernel may stamp a fast answer before we noted the send
+				rec.FirstByteNS = max(c.readTime(), rec.UpstreamNS)
 				err = h.Read(c.br)
 				if err == nil {
 					return c, nil
@@ -612,7 +624,7 @@ func (x *exchange) pump(w io.Writer) (int64, error) {
 	var werr error
 	for {
 		n, err := x.body.Read(buf)
-		t := now()
+		t := x.conn.readTime()
 		out = out[:0]
 		if n > 0 {
 			events.feed(buf[:n])
@@ -659,6 +671,7 @@ func (x *exchange) pump(w io.Writer) (int64, error) {
 				x.release(x.reusable)
 				break
 			}
+			rec.EndNS = now() // the time of the failure, not of the last data
 			x.release(false)
 			x.readError(err)
 			m, _ := w.Write(errorEvent(rec.Error, rec.Error, rec.ErrorDetail))

@@ -81,6 +81,8 @@ type upConn struct {
 	lastUsed time.Time
 	reused   bool
 	aborted  atomic.Bool // set by Shutdown after the drain timeout
+	rx       *rxReader   // kernel receive timestamps; nil for TLS or non-Linux
+	rxNS     int64       // receive time of the data of the last socket read
 }
 
 var errAborted = errors.New("request aborted by shutdown")
@@ -92,7 +94,24 @@ func (c *upConn) Read(p []byte) (int, error) {
 	if c.idleTO > 0 {
 		_ = c.c.SetReadDeadline(time.Now().Add(c.idleTO))
 	}
+	if c.rx != nil {
+		n, ts, err := c.rx.read(p)
+		if n > 0 {
+			c.rxNS = ts
+		}
+		return n, err
+	}
 	return c.c.Read(p)
+}
+
+// readTime is when the data last read from the socket arrived: the
+// kernel's receive time when known, else now. Bytes served from the bufio
+// buffer carry the time of the socket read that brought them.
+func (c *upConn) readTime() int64 {
+	if c.rxNS != 0 {
+		return c.rxNS
+	}
+	return now()
 }
 
 func (u *upstream) get() (*upConn, error) {
@@ -125,6 +144,9 @@ func (u *upstream) dial() (*upConn, error) {
 		return nil, err
 	}
 	c := &upConn{c: nc, idleTO: u.idleTO}
+	if !u.useTLS {
+		c.rx = newRxReader(nc)
+	}
 	c.br = bufio.NewReaderSize(c, 16<<10)
 	c.bw = bufio.NewWriterSize(nc, 16<<10)
 	return c, nil
