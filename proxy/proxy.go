@@ -224,7 +224,7 @@ func (p *Proxy) newRecord(ctx *fasthttp.RequestCtx, start int64) *recorder.Reque
 	return &recorder.Request{
 		ID:               p.ids.next(),
 		Run:              run,
-		Role:             "primary",
+		Role:             recorder.RolePrimary,
 		Endpoint:         string(ctx.Path()),
 		StartNS:          start,
 		PromptTokens:     -1,
@@ -547,13 +547,13 @@ func (x *exchange) done() {
 		}
 		if t.promptTokens >= 0 || t.completionTokens >= 0 {
 			rec.PromptTokens, rec.CompletionTokens = t.promptTokens, t.completionTokens
-			rec.TokensSource = "usage"
+			rec.TokensSource = recorder.TokensUsage
 		} else if len(rec.ChunkNS) > 0 {
 			// No usage (the stream was cut, or the server gives none): vLLM
 			// sends one token per content chunk, so the chunk count is the
 			// best estimate until a tokenizer is configured.
 			rec.CompletionTokens = len(rec.ChunkNS)
-			rec.TokensSource = "chunks"
+			rec.TokensSource = recorder.TokensChunks
 		}
 		if t.errMessage != "" && rec.Error == "" {
 			rec.Error = ErrUpstreamStatus

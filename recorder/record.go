@@ -20,6 +20,7 @@ const (
 	TokensUsage     = "usage"     // reported by the server in the usage object
 	TokensTokenizer = "tokenizer" // counted by abproxy with the model's tokenizer
 	TokensEstimate  = "estimate"  // estimated without a tokenizer
+	TokensChunks    = "chunks"    // completion tokens = content chunks (stream cut before its usage; vLLM sends one token per chunk)
 )
 
 // DefaultRun is the run name used for a [Request] whose Run is empty.
@@ -51,7 +52,7 @@ type Request struct {
 
 	PromptTokens     int    // -1 = unknown
 	CompletionTokens int    // -1 = unknown
-	TokensSource     string // TokensUsage, TokensTokenizer, TokensEstimate or ""
+	TokensSource     string // TokensUsage, TokensTokenizer, TokensEstimate, TokensChunks or ""
 	FinishReason     string // finish_reason of the last choice, "" if none
 
 	OutputSHA256 string // hex SHA-256 of the concatenated output text

@@ -56,7 +56,7 @@ CREATE TABLE requests (
 	end_ns                INTEGER,
 	prompt_tokens         INTEGER,          -- NULL when unknown
 	completion_tokens     INTEGER,          -- NULL when unknown
-	tokens_source         TEXT,             -- usage | tokenizer | estimate
+	tokens_source         TEXT,             -- usage | tokenizer | estimate | chunks
 	chunks                INTEGER NOT NULL, -- number of content-bearing chunks
 	chunk_ns              BLOB,             -- uvarint deltas, see package doc
 	finish_reason         TEXT,
