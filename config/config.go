@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/pelletier/go-toml/v2"
+
+	"github.com/abproxy/abproxy/router"
 )
 
 // Config is the whole configuration file.
@@ -26,6 +28,35 @@ type Config struct {
 	Backends []Backend `toml:"backend"`
 	// Log configures structured logging.
 	Log Log `toml:"log"`
+	// Route decides which backend serves each request, and mirroring.
+	Route Route `toml:"route"`
+}
+
+// Route is the [route] section; SIGHUP reloads it without dropping streams.
+type Route struct {
+	// Mode is "split" or "mirror".
+	Mode string `toml:"mode"`
+	// Weights per backend name (split mode).
+	Weights map[string]float64 `toml:"weights"`
+	// StickyHeader pins a user to an arm by this header's value (or the
+	// OpenAI "user" field); empty means a random choice per request.
+	StickyHeader string `toml:"sticky_header"`
+	// Primary serves the client in mirror mode.
+	Primary string `toml:"primary"`
+	// Shadows receive a copy of each sampled request in mirror mode.
+	Shadows []string `toml:"shadows"`
+	// Sample is the share of requests mirrored (default 1).
+	Sample *float64 `toml:"sample"`
+	// MaxShadowInflight bounds concurrent shadow requests (default 256).
+	MaxShadowInflight int `toml:"max_shadow_inflight"`
+	// ShadowTimeout bounds one whole shadow request (default 10m).
+	ShadowTimeout Duration `toml:"shadow_timeout"`
+}
+
+// RouterConfig is the route section as the router package takes it.
+func (r Route) RouterConfig() router.Config {
+	return router.Config{Mode: r.Mode, Weights: r.Weights, StickyHeader: r.StickyHeader, Primary: r.Primary,
+		Shadows: r.Shadows, Sample: r.Sample, MaxShadowInflight: r.MaxShadowInflight}
 }
 
 // Proxy configures the data plane.
@@ -128,6 +159,9 @@ func (c *Config) setDefaults() {
 	if c.Recorder.QueueSize == 0 {
 		c.Recorder.QueueSize = 65536
 	}
+	if c.Route.ShadowTimeout.Duration == 0 {
+		c.Route.ShadowTimeout.Duration = 10 * time.Minute
+	}
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
 	}
@@ -215,7 +249,12 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("backend %q: url %q is not an http(s)://host:port URL", b.Name, b.URL)
 		}
 	}
-	return nil
+	if len(c.Backends) > 0 {
+		if _, err := router.New(c.Route.RouterConfig(), c.BackendNames()); err != nil {
+			return err
+		}
+	}
+	return c.validateLaunches()
 }
 
 // Backend returns the backend with the given name.
