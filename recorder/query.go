@@ -112,6 +112,7 @@ func ScanRequests(ctx context.Context, db *sql.DB, q Query, fn func(*Request) er
 		chunks, chunk_ns, finish_reason, output_sha256, prompt_sha256,
 		bytes_in, bytes_out,
 		client_start_ns, client_first_token_ns, client_end_ns,
+		shadows_skipped, output_identical, common_prefix_chars, common_prefix_tokens,
 		bodies.prompt, bodies.output
 		FROM requests LEFT JOIN bodies ON bodies.request_id = requests.id`
 	if q.Where != "" {
@@ -130,6 +131,7 @@ func ScanRequests(ctx context.Context, db *sql.DB, q Query, fn func(*Request) er
 		prompt, output                                         sql.NullString
 		status, startNS, upNS, fbNS, ftNS, endNS               sql.NullInt64
 		promptTok, complTok, cStart, cFirst, cEnd              sql.NullInt64
+		skipped, identical, prefixChars, prefixTokens          sql.NullInt64
 		blob                                                   []byte
 	)
 	for rows.Next() {
@@ -141,6 +143,7 @@ func ScanRequests(ctx context.Context, db *sql.DB, q Query, fn func(*Request) er
 			&chunks, &blob, &finish, &outSHA, &promptSHA,
 			&bytesIn, &bytesOut,
 			&cStart, &cFirst, &cEnd,
+			&skipped, &identical, &prefixChars, &prefixTokens,
 			&prompt, &output); err != nil {
 			return fmt.Errorf("scan requests: %w", err)
 		}
@@ -157,6 +160,10 @@ func ScanRequests(ctx context.Context, db *sql.DB, q Query, fn func(*Request) er
 		req.BytesIn, req.BytesOut = bytesIn, bytesOut
 		req.ClientStartNS, req.ClientFirstTokenNS, req.ClientEndNS = cStart.Int64, cFirst.Int64, cEnd.Int64
 		req.Prompt, req.Output = prompt.String, output.String
+		req.ShadowsSkipped = int(skipped.Int64)
+		if identical.Valid {
+			req.Agreement = &Agreement{Identical: identical.Int64 == 1, PrefixChars: int(prefixChars.Int64), PrefixTokens: tokens(prefixTokens)}
+		}
 		if req.ChunkNS, err = DecodeChunks(req.StartNS, blob); err != nil {
 			return fmt.Errorf("scan requests: request %s: %w", req.ID, err)
 		}

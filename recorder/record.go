@@ -64,9 +64,19 @@ type Request struct {
 	Prompt string // prompt text; stored only with Options.StoreBodies
 	Output string // output text; stored only with Options.StoreBodies
 
-	ClientStartNS      int64 // set by a load generator measuring client-side; 0 from the proxy
-	ClientFirstTokenNS int64 // client-side first token time; 0 from the proxy
-	ClientEndNS        int64 // client-side end time; 0 from the proxy
+	ClientStartNS      int64      // set by a load generator measuring client-side; 0 from the proxy
+	ClientFirstTokenNS int64      // client-side first token time; 0 from the proxy
+	ClientEndNS        int64      // client-side end time; 0 from the proxy
+	ShadowsSkipped     int        // primary of a mirrored request: shadow copies skipped because max_shadow_inflight was reached
+	Agreement          *Agreement // shadow: how its output compares with the primary's; nil when unknown
+}
+
+// Agreement compares a shadow's output with its primary's, the answer to
+// "does the optimized server still answer the same?".
+type Agreement struct {
+	Identical    bool // the two output texts are equal
+	PrefixChars  int  // length of the common prefix in characters (Unicode code points)
+	PrefixTokens int  // number of leading chunks (tokens) with equal text; -1 when unknown (non-streamed)
 }
 
 // Run is one row of the runs table: a named group of requests such as one

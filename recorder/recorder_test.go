@@ -91,6 +91,7 @@ func fullRequest() *Request {
 		BytesIn: 2048, BytesOut: 777,
 		Prompt: `[{"role":"user","content":"héllo ✓"}]`, Output: "Hello\x00world",
 		ClientStartNS: s - 500, ClientFirstTokenNS: s + 95_100_000, ClientEndNS: s + 400_200_000,
+		ShadowsSkipped: 2, Agreement: &Agreement{Identical: false, PrefixChars: 5, PrefixTokens: 1},
 	}
 }
 
@@ -561,5 +562,36 @@ func TestWriterPragmas(t *testing.T) {
 		if err := r.wdb.QueryRow("PRAGMA " + pragma).Scan(&got); err != nil || got != want {
 			t.Errorf("PRAGMA %s = %q, %v; want %q", pragma, got, err, want)
 		}
+	}
+}
+
+// TestUpgradeFromVersion1 opens a file written by the first schema and
+// checks that it is upgraded in place with its rows kept.
+func TestUpgradeFromVersion1(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "v1.db")
+	db, err := sql.Open("sqlite3", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(migrations[0]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`INSERT INTO schema_version VALUES (1, 1);
+		INSERT INTO runs(id, name, kind) VALUES (1, 'old', 'live');
+		INSERT INTO requests(id, run_id, role, stream, chunks, bytes_in, bytes_out) VALUES ('r1', 1, 'primary', 1, 0, 10, 20)`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	r, err := Open(Options{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeTest(t, r)
+	ro := openRO(t, path)
+	if v := count(t, ro, `SELECT max(version) FROM schema_version`); v != SchemaVersion {
+		t.Fatalf("version %d after upgrade, want %d", v, SchemaVersion)
+	}
+	if n := count(t, ro, `SELECT count(*) FROM requests WHERE id = 'r1' AND output_identical IS NULL AND shadows_skipped IS NULL`); n != 1 {
+		t.Fatalf("old row not kept with NULL new columns")
 	}
 }

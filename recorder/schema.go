@@ -93,10 +93,17 @@ SELECT
 	(client_end_ns - client_start_ns) / 1e6         AS client_e2e_ms
 FROM requests;
 `,
+	// 2: mirroring: skipped shadow copies on the primary, output agreement on the shadow.
+	`
+ALTER TABLE requests ADD COLUMN shadows_skipped      INTEGER; -- primary: shadow copies skipped (max_shadow_inflight reached); NULL = none
+ALTER TABLE requests ADD COLUMN output_identical     INTEGER; -- shadow: 1 when its output equals the primary's, 0 when not, NULL unknown
+ALTER TABLE requests ADD COLUMN common_prefix_chars  INTEGER; -- shadow: common prefix with the primary's output, in characters
+ALTER TABLE requests ADD COLUMN common_prefix_tokens INTEGER; -- shadow: leading chunks (tokens) with equal text; NULL when not streamed
+`,
 }
 
 // SchemaVersion is the schema version this build writes and reads.
-const SchemaVersion = 1
+const SchemaVersion = 2
 
 func init() {
 	if len(migrations) != SchemaVersion {

@@ -12,7 +12,7 @@ import (
 
 // requestColumns is the number of columns insertRequestSQL binds, in the
 // order fillArgs fills them.
-const requestColumns = 29
+const requestColumns = 33
 
 const insertRequestSQL = `INSERT INTO requests(
 	id, run_id, backend, role, pair_id, endpoint, model, stream,
@@ -21,8 +21,9 @@ const insertRequestSQL = `INSERT INTO requests(
 	prompt_tokens, completion_tokens, tokens_source,
 	chunks, chunk_ns, finish_reason, output_sha256, prompt_sha256,
 	bytes_in, bytes_out,
-	client_start_ns, client_first_token_ns, client_end_ns
-) VALUES (?,?,?,?,?,?,?,?, ?,?,?, ?,?,?,?,?, ?,?,?, ?,?,?,?,?, ?,?, ?,?,?)`
+	client_start_ns, client_first_token_ns, client_end_ns,
+	shadows_skipped, output_identical, common_prefix_chars, common_prefix_tokens
+) VALUES (?,?,?,?,?,?,?,?, ?,?,?, ?,?,?,?,?, ?,?,?, ?,?,?,?,?, ?,?, ?,?,?, ?,?,?,?)`
 
 // run is the writer goroutine. A batch is written when it reaches
 // BatchSize, when FlushInterval has passed since its first record arrived,
@@ -218,6 +219,15 @@ func (r *Recorder) fillArgs(req *Request, runID int64) {
 	a[26] = nullInt(req.ClientStartNS)
 	a[27] = nullInt(req.ClientFirstTokenNS)
 	a[28] = nullInt(req.ClientEndNS)
+	a[29] = nullInt(int64(req.ShadowsSkipped))
+	a[30], a[31], a[32] = nil, nil, nil
+	if g := req.Agreement; g != nil {
+		identical := int64(0)
+		if g.Identical {
+			identical = 1
+		}
+		a[30], a[31], a[32] = identical, int64(g.PrefixChars), nullTokens(g.PrefixTokens)
+	}
 }
 
 // logFailure logs write errors at most once a second; the counters carry
