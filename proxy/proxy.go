@@ -7,11 +7,12 @@ package proxy
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
+	crand "crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"sync"
@@ -24,6 +25,7 @@ import (
 
 	"github.com/abproxy/abproxy/config"
 	"github.com/abproxy/abproxy/recorder"
+	"github.com/abproxy/abproxy/router"
 )
 
 // Sink receives finished request records. recorder.Recorder is one; Submit
@@ -66,6 +68,10 @@ type Proxy struct {
 	srv       *fasthttp.Server
 	ids       idGen
 
+	route          atomic.Pointer[router.Router]
+	shadowInflight atomic.Int64
+	shadowSkipped  atomic.Uint64
+
 	inflight   sync.WaitGroup
 	activeMu   sync.Mutex
 	active     map[*upConn]struct{}
@@ -106,6 +112,9 @@ func New(opts Options) (*Proxy, error) {
 		p.upstreams = append(p.upstreams, u)
 		p.byName[b.Name] = u
 	}
+	if err := p.SetRoute(cfg.Route); err != nil {
+		return nil, err
+	}
 	p.rewriters.New = func() any { return &rewriter{} }
 	p.taps.New = func() any { return newTap() }
 	p.bufs.New = func() any { b := make([]byte, 32<<10); return &b }
@@ -132,8 +141,35 @@ func (p *Proxy) Serve(ln net.Listener) error { return p.srv.Serve(wrapListener(l
 // Handler returns the request handler, for tests and embedding.
 func (p *Proxy) Handler() fasthttp.RequestHandler { return p.handle }
 
-// InFlight is the number of requests being served now.
+// InFlight is the number of requests being served now, shadows included.
 func (p *Proxy) InFlight() int64 { return p.inflightN.Load() }
+
+// Stats are the proxy's counters.
+type Stats struct {
+	InFlight       int64  // requests being served, shadows included
+	ShadowInflight int64  // shadow requests running
+	ShadowSkipped  uint64 // shadow copies skipped because max_shadow_inflight was reached
+}
+
+// Stats reads the counters.
+func (p *Proxy) Stats() Stats {
+	return Stats{InFlight: p.inflightN.Load(), ShadowInflight: p.shadowInflight.Load(), ShadowSkipped: p.shadowSkipped.Load()}
+}
+
+// SetRoute replaces the routing table atomically: requests already routed
+// keep their backend, new ones use the new table. On error the old table
+// stays. Backends themselves cannot change without a restart.
+func (p *Proxy) SetRoute(rc config.Route) error {
+	rt, err := router.New(rc.RouterConfig(), p.cfg.BackendNames())
+	if err != nil {
+		return err
+	}
+	p.route.Store(rt)
+	return nil
+}
+
+// Route returns the routing table in use.
+func (p *Proxy) Route() *router.Router { return p.route.Load() }
 
 // Shutdown stops accepting connections and lets in-flight requests finish
 // until ctx is done; requests still running then are cut and recorded as
@@ -141,15 +177,21 @@ func (p *Proxy) InFlight() int64 { return p.inflightN.Load() }
 func (p *Proxy) Shutdown(ctx context.Context) error {
 	err := p.srv.ShutdownWithContext(ctx)
 	p.closeOnce.Do(func() { close(p.shutdownCh) })
-	if err != nil {
+	// shadows are not tied to a client connection: wait for them too
+	drained := make(chan struct{})
+	go func() { p.inflight.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-ctx.Done():
+		err = ctx.Err()
 		p.activeMu.Lock()
 		for c := range p.active {
 			c.aborted.Store(true)
 			_ = c.c.SetReadDeadline(time.Now()) // wakes a reader blocked now
 		}
 		p.activeMu.Unlock()
+		<-drained
 	}
-	p.inflight.Wait()
 	for _, u := range p.upstreams {
 		u.closeIdle()
 	}
@@ -189,7 +231,7 @@ type idGen struct {
 
 func (g *idGen) init() {
 	var b [8]byte
-	_, _ = rand.Read(b[:])
+	_, _ = crand.Read(b[:])
 	hex.Encode(g.prefix[:], b[:])
 }
 
@@ -312,46 +354,63 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 			fmt.Sprintf("abproxy serves the OpenAI API under /v1/; %q is not part of it", path))
 		return
 	}
-	up := p.upstreams[0]
-	if name := ctx.Request.Header.Peek(HeaderBackend); len(name) > 0 {
-		u, ok := p.byName[string(name)]
-		if !ok {
-			p.fail(ctx, rec, fasthttp.StatusBadRequest, ErrUnknownBackend, "invalid_request_error",
-				fmt.Sprintf("unknown backend %q in %s (configured: %v)", name, HeaderBackend, p.cfg.BackendNames()))
-			return
-		}
-		up = u
-	}
-	rec.Backend = up.name
 	tapped := ctx.IsPost() && (bytes.Equal(path, pathChat) || bytes.Equal(path, pathCompletions))
-	body := ctx.Request.Body()
 	var cr clientRequest
+	var rw *rewriter
 	if tapped {
-		rw := p.rewriters.Get().(*rewriter)
+		rw = p.rewriters.Get().(*rewriter)
+		defer p.rewriters.Put(rw)
 		var err error
-		cr, body, err = rw.rewrite(body, up.model, p.bodies)
-		if err != nil {
-			p.rewriters.Put(rw)
+		if cr, err = rw.parse(ctx.Request.Body(), p.bodies); err != nil {
 			p.fail(ctx, rec, fasthttp.StatusBadRequest, ErrBadRequest, "invalid_request_error",
 				"request body is not valid JSON: "+err.Error())
 			return
 		}
-		// body may alias the rewriter's buffer: copy it out before pooling.
-		if !sameSlice(body, ctx.Request.Body()) {
-			body = append([]byte(nil), body...)
-		}
-		p.rewriters.Put(rw)
 		rec.Model = cr.model
-		if up.model != "" {
-			rec.Model = up.model
-		}
 		rec.Stream = cr.stream
 		rec.PromptSHA256 = cr.promptSHA256
 		if p.bodies {
 			rec.Prompt = string(cr.prompt)
 		}
 	}
-	p.forward(ctx, rec, up, body, cr, tapped)
+	rt := p.route.Load()
+	var key []byte
+	if h := rt.StickyHeader(); h != "" {
+		key = ctx.Request.Header.Peek(h)
+	}
+	if len(key) == 0 && cr.user != "" {
+		key = []byte(cr.user)
+	}
+	var up *upstream
+	forced := ctx.Request.Header.Peek(HeaderBackend)
+	if len(forced) > 0 {
+		u, ok := p.byName[string(forced)]
+		if !ok {
+			p.fail(ctx, rec, fasthttp.StatusBadRequest, ErrUnknownBackend, "invalid_request_error",
+				fmt.Sprintf("unknown backend %q in %s (configured: %v)", forced, HeaderBackend, p.cfg.BackendNames()))
+			return
+		}
+		up = u
+	} else {
+		up = p.upstreams[rt.Pick(key, rand.Float64())]
+	}
+	rec.Backend = up.name
+	body := ctx.Request.Body()
+	if tapped {
+		if up.model != "" {
+			rec.Model = up.model
+		}
+		body = rw.render(body, cr, up.model)
+		if !sameSlice(body, ctx.Request.Body()) {
+			body = append([]byte(nil), body...) // rw goes back to its pool
+		}
+	}
+	var pr *pair
+	if tapped && rt.Mode() == router.ModeMirror && up == p.upstreams[rt.Primary()] &&
+		string(ctx.Request.Header.Peek(HeaderNoMirror)) != "1" && rt.Sampled(key, rand.Float64()) {
+		pr = p.startShadows(ctx, rec, rw, cr, rt.Shadows(), rt.MaxShadowInflight())
+	}
+	p.forward(ctx, rec, up, body, cr, tapped, pr)
 }
 
 func sameSlice(a, b []byte) bool {
@@ -371,18 +430,21 @@ type exchange struct {
 	tapped   bool
 	started  atomic.Bool // the body has been pumped or closed: record once
 	pr       *io.PipeReader
+	pair     *pair // set when the request is mirrored
 }
 
 // roundTrip sends the request and reads the response header. A pooled
 // connection the backend closed meanwhile gets one retry on a fresh one.
-func (p *Proxy) roundTrip(ctx *fasthttp.RequestCtx, rec *recorder.Request, up *upstream, body []byte, tapped bool, h *fasthttp.ResponseHeader) (*upConn, error) {
+// A non-zero deadline bounds the whole exchange (shadows).
+func (p *Proxy) roundTrip(req *fasthttp.Request, uri []byte, rec *recorder.Request, up *upstream, body []byte, tapped bool, h *fasthttp.ResponseHeader, deadline time.Time) (*upConn, error) {
 	for attempt := 0; ; attempt++ {
 		c, err := up.get()
 		if err != nil {
 			return nil, err
 		}
+		c.deadline = deadline
 		p.track(c)
-		err = up.writeRequest(c, &ctx.Request, ctx.Request.Header.RequestURI(), body, rec.ID, tapped)
+		err = up.writeRequest(c, req, uri, body, rec.ID, tapped)
 		if err == nil {
 			rec.UpstreamNS = now()
 			_, err = c.br.Peek(1)
@@ -415,23 +477,20 @@ func isTimeout(err error) bool {
 	return errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
 }
 
-func (p *Proxy) forward(ctx *fasthttp.RequestCtx, rec *recorder.Request, up *upstream, body []byte, cr clientRequest, tapped bool) {
+func (p *Proxy) forward(ctx *fasthttp.RequestCtx, rec *recorder.Request, up *upstream, body []byte, cr clientRequest, tapped bool, pr *pair) {
+	x := &exchange{p: p, rec: rec, up: up, tapped: tapped, keepUse: cr.includeUsage || !cr.stream, pair: pr}
+	if tapped {
+		x.tap = p.taps.Get().(*tap)
+		x.tap.reset(p.bodies || pr != nil)
+	}
 	var h fasthttp.ResponseHeader
-	c, err := p.roundTrip(ctx, rec, up, body, tapped, &h)
+	c, err := p.roundTrip(&ctx.Request, ctx.Request.Header.RequestURI(), rec, up, body, tapped, &h, time.Time{})
 	if err != nil {
-		switch {
-		case p.shuttingDown():
-			p.fail(ctx, rec, fasthttp.StatusServiceUnavailable, ErrShutdown, "server_error", "abproxy is shutting down")
-		case isTimeout(err) && rec.UpstreamNS != 0:
-			p.fail(ctx, rec, fasthttp.StatusGatewayTimeout, ErrTimeout, "timeout",
-				fmt.Sprintf("backend %s sent no response within %s (proxy.idle_timeout)", up.name, p.cfg.Proxy.IdleTimeout.Duration))
-		case rec.UpstreamNS == 0:
-			p.fail(ctx, rec, fasthttp.StatusBadGateway, ErrUpstreamUnreachable, "upstream_error",
-				fmt.Sprintf("backend %s at %s is unreachable: %v", up.name, up.addr, unwrapOp(err)))
-		default:
-			p.fail(ctx, rec, fasthttp.StatusBadGateway, ErrUpstreamReset, "upstream_error",
-				fmt.Sprintf("backend %s closed the connection before answering: %v", up.name, unwrapOp(err)))
-		}
+		status := x.roundTripError(err)
+		rec.BytesOut = int64(writeError(ctx, status, errorType(rec.Error), rec.Error, rec.ErrorDetail))
+		ctx.Response.Header.Set(HeaderRequestID, rec.ID)
+		ctx.Response.Header.Set(HeaderBackend, up.name)
+		x.done()
 		return
 	}
 	status := h.StatusCode()
@@ -454,12 +513,8 @@ func (p *Proxy) forward(ctx *fasthttp.RequestCtx, rec *recorder.Request, up *ups
 	resp.Header.Set(HeaderRequestID, rec.ID)
 	resp.Header.Set(HeaderBackend, up.name)
 
-	x := &exchange{p: p, rec: rec, up: up, conn: c, tapped: tapped, keepUse: cr.includeUsage || !cr.stream}
+	x.conn = c
 	x.body, x.reusable = bodyReader(c, &h)
-	if tapped {
-		x.tap = p.taps.Get().(*tap)
-		x.tap.reset(p.bodies)
-	}
 	if bytes.HasPrefix(h.ContentType(), ctEventStream) {
 		// headers go out now, as the backend sent them before the first token
 		resp.ImmediateHeaderFlush = true
@@ -467,6 +522,39 @@ func (p *Proxy) forward(ctx *fasthttp.RequestCtx, rec *recorder.Request, up *ups
 		return
 	}
 	x.whole(ctx)
+}
+
+// roundTripError classifies a failure before any response header arrived,
+// fills the record, and returns the HTTP status to answer with.
+func (x *exchange) roundTripError(err error) int {
+	rec, up, p := x.rec, x.up, x.p
+	rec.EndNS = now()
+	switch {
+	case p.shuttingDown():
+		rec.Status, rec.Error, rec.ErrorDetail = fasthttp.StatusServiceUnavailable, ErrShutdown, "abproxy is shutting down"
+	case isTimeout(err) && rec.UpstreamNS != 0:
+		rec.Status, rec.Error = fasthttp.StatusGatewayTimeout, ErrTimeout
+		rec.ErrorDetail = fmt.Sprintf("backend %s sent no response within %s", up.name, p.cfg.Proxy.IdleTimeout.Duration)
+	case rec.UpstreamNS == 0:
+		rec.Status, rec.Error = fasthttp.StatusBadGateway, ErrUpstreamUnreachable
+		rec.ErrorDetail = fmt.Sprintf("backend %s at %s is unreachable: %v", up.name, up.addr, unwrapOp(err))
+	default:
+		rec.Status, rec.Error = fasthttp.StatusBadGateway, ErrUpstreamReset
+		rec.ErrorDetail = fmt.Sprintf("backend %s closed the connection before answering: %v", up.name, unwrapOp(err))
+	}
+	return rec.Status
+}
+
+// errorType is the OpenAI error "type" for a proxy error class.
+func errorType(class string) string {
+	switch class {
+	case ErrShutdown:
+		return "server_error"
+	case ErrTimeout:
+		return "timeout"
+	default:
+		return "upstream_error"
+	}
 }
 
 // unwrapOp drops net.OpError's "dial tcp 1.2.3.4:5:" prefix, which the
@@ -534,9 +622,12 @@ func (x *exchange) release(reuse bool) {
 	x.conn = nil
 }
 
-// done completes the record from the tap and submits it.
+// done completes the record from the tap and submits it. For a mirrored
+// request the primary's record goes out at once; a shadow's waits, if need
+// be, for the primary's output to compare with.
 func (x *exchange) done() {
 	rec := x.rec
+	var sr *shadowResult
 	if t := x.tap; t != nil {
 		rec.FinishReason = t.finishReason
 		if t.outBytes > 0 || rec.Status < 400 {
@@ -559,8 +650,22 @@ func (x *exchange) done() {
 			rec.Error = ErrUpstreamStatus
 			rec.ErrorDetail = t.errMessage
 		}
+		if x.pair != nil {
+			ok := rec.Error == ""
+			if rec.Role == recorder.RoleShadow {
+				sr = &shadowResult{rec: rec, ok: ok, text: t.text, ends: t.ends}
+			} else {
+				x.pair.primaryFinished(ok, t.text, t.ends)
+			}
+		}
+		if sr != nil {
+			x.pair.shadowFinished(sr) // copies what it keeps before the tap is reused
+		}
 		x.tap = nil
 		x.p.taps.Put(t)
+		if sr != nil {
+			return // the pair submits the shadow's record
+		}
 	}
 	x.p.finish(rec)
 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -25,22 +26,23 @@ var errNotObject = errors.New("request body must be a JSON object")
 type rewriter struct {
 	parser fastjson.Parser
 	arena  fastjson.Arena
+	v      *fastjson.Value
 	out    []byte
 }
 
-// rewrite reads body and returns what to send upstream: the model replaced
-// by backendModel when they differ, and stream_options.include_usage set on
-// streams so that every stream reports usage. When nothing changes the
-// original bytes are returned untouched.
-func (rw *rewriter) rewrite(body []byte, backendModel string, keepPrompt bool) (clientRequest, []byte, error) {
+// parse reads what the proxy needs from a request body. The parsed value
+// stays in rw for render.
+func (rw *rewriter) parse(body []byte, keepPrompt bool) (clientRequest, error) {
 	var cr clientRequest
 	v, err := rw.parser.ParseBytes(body)
 	if err != nil {
-		return cr, nil, err
+		return cr, err
 	}
 	if v.Type() != fastjson.TypeObject {
-		return cr, nil, errNotObject
+		return cr, errNotObject
 	}
+	rw.v = v
+	rw.arena.Reset()
 	cr.model = string(v.GetStringBytes("model"))
 	cr.stream = v.GetBool("stream")
 	cr.includeUsage = v.GetBool("stream_options", "include_usage")
@@ -57,14 +59,26 @@ func (rw *rewriter) rewrite(body []byte, backendModel string, keepPrompt bool) (
 			cr.prompt = append([]byte(nil), rw.out...)
 		}
 	}
+	return cr, nil
+}
+
+// render returns the body to send to a backend serving backendModel: the
+// model replaced when it differs, and stream_options.include_usage set on
+// streams so that every stream reports usage. When nothing changes the
+// original bytes are returned untouched; otherwise the result aliases rw's
+// buffer until the next call. render may be called again for another
+// backend (mirroring).
+func (rw *rewriter) render(body []byte, cr clientRequest, backendModel string) []byte {
 	changeModel := backendModel != "" && cr.model != backendModel
 	addUsage := cr.stream && !cr.includeUsage
 	if !changeModel && !addUsage {
-		return cr, body, nil
+		return body
 	}
-	rw.arena.Reset()
-	if changeModel {
-		v.Set("model", rw.arena.NewString(backendModel))
+	v := rw.v
+	// set the model every time: an earlier render for another backend
+	// may have changed it in v
+	if model := cmp.Or(backendModel, cr.model); model != "" {
+		v.Set("model", rw.arena.NewString(model))
 	}
 	if addUsage {
 		so := v.Get("stream_options")
@@ -75,5 +89,14 @@ func (rw *rewriter) rewrite(body []byte, backendModel string, keepPrompt bool) (
 		so.Set("include_usage", rw.arena.NewTrue())
 	}
 	rw.out = v.MarshalTo(rw.out[:0])
-	return cr, rw.out, nil
+	return rw.out
+}
+
+// rewrite is parse then render, for one backend.
+func (rw *rewriter) rewrite(body []byte, backendModel string, keepPrompt bool) (clientRequest, []byte, error) {
+	cr, err := rw.parse(body, keepPrompt)
+	if err != nil {
+		return cr, nil, err
+	}
+	return cr, rw.render(body, cr, backendModel), nil
 }

@@ -120,11 +120,13 @@ const (
 // tap reads what a response says: content, usage, finish reason, and a
 // hash of the output text. One tap serves one response and is reused.
 type tap struct {
-	parser           fastjson.Parser
-	out              hash.Hash
-	outBytes         int64
-	keepText         bool
-	text             []byte
+	parser   fastjson.Parser
+	out      hash.Hash
+	outBytes int64
+	keepText bool
+	text     []byte
+	ends     []int32 // len(text) after each content event, when keepText
+
 	promptTokens     int
 	completionTokens int
 	finishReason     string
@@ -138,6 +140,7 @@ func (t *tap) reset(keepText bool) {
 	t.outBytes = 0
 	t.keepText = keepText
 	t.text = t.text[:0]
+	t.ends = t.ends[:0]
 	t.promptTokens, t.completionTokens = -1, -1
 	t.finishReason, t.errMessage = "", ""
 }
@@ -205,6 +208,9 @@ func (t *tap) event(ev []byte) eventKind {
 			t.addText(text)
 			kind = eventContent
 		}
+	}
+	if kind == eventContent && t.keepText {
+		t.ends = append(t.ends, int32(len(t.text)))
 	}
 	return kind
 }

@@ -81,6 +81,7 @@ type upConn struct {
 	lastUsed time.Time
 	reused   bool
 	aborted  atomic.Bool // set by Shutdown after the drain timeout
+	deadline time.Time   // bounds a whole exchange (shadows); zero = none
 	rx       *rxReader   // kernel receive timestamps; nil for TLS or non-Linux
 	rxNS     int64       // receive time of the data of the last socket read
 }
@@ -91,8 +92,14 @@ func (c *upConn) Read(p []byte) (int, error) {
 	if c.aborted.Load() {
 		return 0, errAborted
 	}
-	if c.idleTO > 0 {
-		_ = c.c.SetReadDeadline(time.Now().Add(c.idleTO))
+	if c.idleTO > 0 || !c.deadline.IsZero() {
+		d := c.deadline
+		if c.idleTO > 0 {
+			if idle := time.Now().Add(c.idleTO); d.IsZero() || idle.Before(d) {
+				d = idle
+			}
+		}
+		_ = c.c.SetReadDeadline(d)
 	}
 	if c.rx != nil {
 		n, ts, err := c.rx.read(p)
@@ -154,6 +161,7 @@ func (u *upstream) dial() (*upConn, error) {
 
 func (u *upstream) put(c *upConn) {
 	_ = c.c.SetReadDeadline(time.Time{})
+	c.deadline = time.Time{}
 	c.lastUsed = time.Now()
 	u.mu.Lock()
 	if len(u.idle) < u.max {

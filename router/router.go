@@ -24,7 +24,8 @@ type Config struct {
 	// serves, shadows get a copy). Empty means split.
 	Mode string
 	// Weights per backend name for split mode; missing backends get 0.
-	// Empty means all backends equally.
+	// Empty means everything goes to the first backend (A/B splitting is
+	// opted into, never a surprise).
 	Weights map[string]float64
 	// StickyHeader names a request header whose value pins a user to an
 	// arm (and decides mirror sampling); the OpenAI "user" field is used
@@ -94,8 +95,8 @@ func New(cfg Config, backends []string) (*Router, error) {
 	total := 0.0
 	for i, n := range backends {
 		w, ok := cfg.Weights[n]
-		if len(cfg.Weights) == 0 {
-			w, ok = 1, true
+		if len(cfg.Weights) == 0 && i == 0 {
+			w, ok = 1, true // no weights: everything to the first backend
 		}
 		if ok {
 			r.weights[i] = w

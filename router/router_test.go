@@ -71,8 +71,8 @@ func TestStickyKeysStayAndMoveMinimally(t *testing.T) {
 }
 
 func TestAddingABackendMovesOnlyItsShare(t *testing.T) {
-	r1, _ := New(Config{}, []string{"a", "b"})
-	r2, _ := New(Config{}, []string{"a", "b", "c"})
+	r1, _ := New(Config{Weights: map[string]float64{"a": 1, "b": 1}}, []string{"a", "b"})
+	r2, _ := New(Config{Weights: map[string]float64{"a": 1, "b": 1, "c": 1}}, []string{"a", "b", "c"})
 	moved := 0
 	for i := 0; i < 10000; i++ {
 		k := []byte(fmt.Sprintf("k%d", i))
@@ -112,6 +112,18 @@ func TestMirrorSampling(t *testing.T) {
 	}
 	within4Sigma(t, "random sample", random, 10000, 0.25)
 	within4Sigma(t, "keyed sample", keyed, 10000, 0.25)
+}
+
+func TestNoWeightsMeansFirstBackend(t *testing.T) {
+	r, err := New(Config{}, []string{"a", "b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 100; i++ {
+		if r.Pick(nil, float64(i)/100) != 0 || r.Pick([]byte(fmt.Sprint(i)), 0) != 0 {
+			t.Fatal("without weights every request must go to the first backend")
+		}
+	}
 }
 
 func TestConfigErrors(t *testing.T) {

@@ -1,0 +1,681 @@
+package proxy_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/abproxy/abproxy/sim"
+)
+
+// BenchmarkOverhead measures what abproxy adds to a streamed chat
+// completion compared with a direct connection to the backend and with
+// nginx as a plain streaming reverse proxy (proxy_buffering off, upstream
+// keepalive). One simulated backend serves all three targets; the same load
+// is sent to each in turn, ALTERNATING the targets round by round (and
+// rotating their order) so that drift on the machine affects all alike.
+//
+//	go test -run '^$' -bench Overhead -benchtime 1x -timeout 60m ./proxy/
+//
+// It is skipped when nginx is not installed (apt-get install nginx-light).
+// The whole measurement runs once per concurrency level whatever b.N is.
+// Knobs (environment):
+//
+//	ABPROXY_OVERHEAD_LEVELS=1,16,200,1000   concurrency levels
+//	ABPROXY_OVERHEAD_SCALE=1                multiplies requests per round
+//	ABPROXY_OVERHEAD_ROUNDS=N               rounds per level (default per level)
+//	ABPROXY_OVERHEAD_OUT=FILE               also write the tables (Markdown) to FILE
+//	ABPROXY_OVERHEAD_CPUPROFILE=FILE        CPU profile of the abproxy process
+//	ABPROXY_OVERHEAD_BIN=PATH               measure a built `abproxy serve` instead
+//	                                        of the re-executed test binary
+//
+// abproxy records every request into a real SQLite file through the
+// recorder (bounded queue, batched writer); the benchmark checks at the end
+// that every request it sent through abproxy was written.
+func BenchmarkOverhead(b *testing.B) {
+	if runtime.GOOS != "linux" {
+		b.Skip("BenchmarkOverhead reads /proc and uses SO_TIMESTAMPNS: Linux only")
+	}
+	levels := ovhLevels(b)
+	dir := b.TempDir()
+
+	// The simulated backend: the built-in "optimized" profile's decode-step
+	// model (13 ms + 0.2 ms per running sequence) sped up 4x, with its
+	// batch, KV and prefill limits lifted so that 1,000 concurrent streams
+	// are all admitted at once and no request queues inside the sim.
+	prof, _ := sim.BuiltinProfile("optimized")
+	prof.Name = "overhead"
+	prof.MaxNumSeqs = 100_000
+	prof.KVCapacityTokens = 1 << 30
+	prof.MaxModelLen = 1 << 20
+	prof.PrefillTokensPerSec = 1e12
+	prof.PrefillChunkTokens = 1 << 30
+	prof.Jitter = 0
+	const speedup = 4.0
+	truth := &ovhTruth{}
+	srv, base, err := sim.Start(sim.Options{Profile: prof, Speedup: speedup, Seed: 1, Model: "bench", Truth: truth}, "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer srv.Close()
+	simAddr := strings.TrimPrefix(base, "http://")
+	step := func(c int) time.Duration {
+		return time.Duration(float64(prof.StepBase+time.Duration(c)*prof.StepPerSeq) / speedup)
+	}
+
+	nginx, err := ovhStartNginx(b.TempDir(), simAddr)
+	if err == errNoNginx {
+		b.Skip("BenchmarkOverhead needs nginx to compare against: apt-get install -y nginx-light")
+	}
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nginx.stop()
+	abp, err := ovhStartAbproxy(b, dir, base, os.Getenv(ovhProfileEnv))
+	if err != nil {
+		b.Fatal(err)
+	}
+	abpStopped := false
+	defer func() {
+		if !abpStopped {
+			abp.stop()
+		}
+	}()
+
+	targets := []*ovhTarget{
+		{name: "direct", addr: simAddr},
+		{name: "nginx", addr: nginx.addr, proc: nginx},
+		{name: "abproxy", addr: abp.addr, proc: abp},
+	}
+	// Idle memory after one request each: the base of "memory per stream".
+	for _, t := range targets {
+		if err := t.connect(1); err != nil {
+			b.Fatalf("%s: %v", t.name, err)
+		}
+		if err := t.warm(); err != nil {
+			b.Fatalf("%s: %v", t.name, err)
+		}
+		t.idleRSS = t.proc.rss()
+	}
+
+	env := ovhEnv{}
+	env.describe()
+	b.Logf("machine: %s", env.String())
+	b.Logf("sim: step %v + %v/stream (speedup %g), output 64-256 tokens (ignore_eos), prompt ~40 tokens, include_usage on",
+		step(0), time.Duration(float64(prof.StepPerSeq)/speedup), speedup)
+
+	var all []*ovhLevelResult
+	for _, lv := range levels {
+		var res *ovhLevelResult
+		b.Run(fmt.Sprintf("streams=%d", lv.streams), func(b *testing.B) {
+			if res == nil { // b.N > 1 reruns report the same measurement
+				res = ovhRunLevel(b, lv, targets, truth, step(lv.streams))
+			}
+			res.report(b)
+		})
+		if res != nil {
+			all = append(all, res)
+		}
+	}
+	for _, t := range targets {
+		t.close()
+	}
+
+	// Every request sent through abproxy must be in its SQLite file.
+	if err := abp.stop(); err != nil {
+		b.Errorf("abproxy exit: %v (log: %s)", err, ovhTail(dir+"/abproxy.log"))
+	}
+	abpStopped = true
+	recLine := strings.TrimSpace(abp.stdout.String())
+	sent := targets[2].sent.Load()
+	b.Logf("abproxy %s; requests sent through abproxy: %d", recLine, sent)
+	if os.Getenv("ABPROXY_OVERHEAD_BIN") == "" && !strings.Contains(recLine, fmt.Sprintf("written=%d dropped=0", sent)) {
+		b.Errorf("abproxy did not record every request: %q, sent %d", recLine, sent)
+	}
+	if fi, err := os.Stat(dir + "/abproxy.db"); err == nil {
+		b.Logf("abproxy.db: %.1f MiB (WAL checkpointed on close)", float64(fi.Size())/(1<<20))
+	}
+	if out := os.Getenv("ABPROXY_OVERHEAD_OUT"); out != "" && len(all) > 0 {
+		var buf bytes.Buffer
+		fmt.Fprintf(&buf, "machine: %s\n\n", env.String())
+		for _, r := range all {
+			buf.WriteString(r.markdown())
+			buf.WriteString("\n")
+		}
+		fmt.Fprintf(&buf, "abproxy %s; requests sent through abproxy: %d\n", recLine, sent)
+		if err := os.WriteFile(out, buf.Bytes(), 0o644); err != nil {
+			b.Error(err)
+		}
+	}
+}
+
+// ovhLevel is one concurrency level: streams workers each send perWorker
+// requests back to back per round; rounds rounds per target.
+type ovhLevel struct {
+	streams, perWorker, rounds int
+}
+
+var ovhDefaultLevels = map[int]ovhLevel{
+	1:    {1, 30, 4},
+	16:   {16, 8, 4},
+	200:  {200, 3, 4},
+	1000: {1000, 2, 3},
+}
+
+func ovhLevels(b *testing.B) []ovhLevel {
+	spec := os.Getenv("ABPROXY_OVERHEAD_LEVELS")
+	if spec == "" {
+		spec = "1,16,200,1000"
+	}
+	scale := 1.0
+	if s := os.Getenv("ABPROXY_OVERHEAD_SCALE"); s != "" {
+		v, err := strconv.ParseFloat(s, 64)
+		if err != nil || v <= 0 {
+			b.Fatalf("ABPROXY_OVERHEAD_SCALE=%q", s)
+		}
+		scale = v
+	}
+	if testing.Short() {
+		scale *= 0.25
+	}
+	rounds := 0
+	if s := os.Getenv("ABPROXY_OVERHEAD_ROUNDS"); s != "" {
+		rounds, _ = strconv.Atoi(s)
+	}
+	var out []ovhLevel
+	for _, f := range strings.Split(spec, ",") {
+		c, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || c < 1 {
+			b.Fatalf("ABPROXY_OVERHEAD_LEVELS: bad level %q", f)
+		}
+		lv, ok := ovhDefaultLevels[c]
+		if !ok {
+			lv = ovhLevel{c, max(1, 400/c), 3}
+		}
+		lv.perWorker = max(1, int(math.Round(float64(lv.perWorker)*scale)))
+		if rounds > 0 {
+			lv.rounds = rounds
+		} else if testing.Short() {
+			lv.rounds = 2
+		}
+		out = append(out, lv)
+	}
+	return out
+}
+
+// ovhTarget is one way to reach the sim: direct, nginx or abproxy.
+type ovhTarget struct {
+	name    string
+	addr    string
+	proc    *ovhProc // nil for direct
+	conns   []*ovhConn
+	idleRSS int64
+	sent    atomic.Int64 // requests sent, warm-ups included
+	seq     atomic.Int64
+}
+
+func (t *ovhTarget) connect(n int) error {
+	for len(t.conns) < n {
+		c, err := ovhDial(t.addr)
+		if err != nil {
+			return err
+		}
+		t.conns = append(t.conns, c)
+	}
+	return nil
+}
+
+func (t *ovhTarget) close() {
+	for _, c := range t.conns {
+		c.Close()
+	}
+	t.conns = nil
+}
+
+// request renders one streamed chat completion request.
+func (t *ovhTarget) request(maxTokens int) []byte {
+	body := fmt.Sprintf(`{"model":"bench","messages":[{"role":"system","content":"You are a helpful assistant."},`+
+		`{"role":"user","content":"Summarise the benefits of continuous batching for LLM serving in a few paragraphs."}],`+
+		`"max_tokens":%d,"ignore_eos":true,"temperature":0,"stream":true,"stream_options":{"include_usage":true}}`, maxTokens)
+	return fmt.Appendf(nil, "POST /v1/chat/completions HTTP/1.1\r\nHost: %s\r\nUser-Agent: ovh-bench\r\nContent-Type: application/json\r\n"+
+		"Authorization: Bearer sk-bench\r\nX-Request-Id: ovh-%s-%d\r\nContent-Length: %d\r\n\r\n%s",
+		t.addr, t.name, t.seq.Add(1), len(body), body)
+}
+
+// do sends one request on connection i, redialling once if the
+// connection was closed while idle.
+func (t *ovhTarget) do(i int, maxTokens int) (ovhResult, error) {
+	t.sent.Add(1)
+	res, err := t.conns[i].do(t.request(maxTokens))
+	if err != nil {
+		t.conns[i].Close()
+		c, derr := ovhDial(t.addr)
+		if derr != nil {
+			return res, fmt.Errorf("%v; redial: %v", err, derr)
+		}
+		t.conns[i] = c
+	}
+	return res, err
+}
+
+// warm sends one 1-token request on every connection (in parallel) so that
+// client connections, the proxy's upstream pool and the sim are all warm
+// before a measured round; a connection found closed is redialled.
+func (t *ovhTarget) warm() error {
+	var wg sync.WaitGroup
+	errs := make([]error, len(t.conns))
+	for i := range t.conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for attempt := 0; attempt < 2; attempt++ {
+				if _, errs[i] = t.do(i, 1); errs[i] == nil {
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return firstErr(errs)
+}
+
+func firstErr(errs []error) error {
+	for _, e := range errs {
+		if e != nil {
+			return e
+		}
+	}
+	return nil
+}
+
+// ovhTruth collects the sim's truth lines (received, first content written,
+// last byte written, per X-Request-Id).
+type ovhTruth struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+	off int
+	m   map[string]sim.TruthRecord
+}
+
+func (t *ovhTruth) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.buf.Write(p)
+}
+
+// lookup parses lines received so far and returns the record for id.
+func (t *ovhTruth) lookup(id string) (sim.TruthRecord, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.m == nil {
+		t.m = map[string]sim.TruthRecord{}
+	}
+	if r, ok := t.m[id]; ok {
+		return r, true
+	}
+	data := t.buf.Bytes()[t.off:]
+	for {
+		i := bytes.IndexByte(data, '\n')
+		if i < 0 {
+			break
+		}
+		var r sim.TruthRecord
+		if json.Unmarshal(data[:i], &r) == nil {
+			t.m[r.RequestID] = r
+		}
+		data = data[i+1:]
+		t.off += i + 1
+	}
+	r, ok := t.m[id]
+	return r, ok
+}
+
+// ovhStats accumulates one target's measurements over a level's rounds.
+type ovhStats struct {
+	ttft, e2e       []float64 // client-measured, ms
+	hopTTFT, hopE2E []float64 // time spent outside the sim, ms (see report)
+	simE2E          []float64 // the sim's own received -> last byte written, ms
+	chunks          int64
+	requests        int
+	errors          int
+	firstErr        error
+	wall            time.Duration
+	streamTime      time.Duration // Σ E2E, for the mean number of streams in flight
+	procTicks       int64         // proxy CPU, clock ticks
+	selfTicks       int64         // benchmark process (client + sim) CPU
+	sysBusy         int64         // all CPUs, busy jiffies
+	sysTotal        int64
+	peakRSS         int64
+	missingTruth    int
+	pending         []ovhResult // awaiting the sim's truth lines
+}
+
+type ovhLevelResult struct {
+	lv      ovhLevel
+	step    time.Duration
+	stats   map[string]*ovhStats
+	load    [2]string // /proc/loadavg before and after
+	started time.Time
+}
+
+var ovhTargetNames = []string{"direct", "nginx", "abproxy"}
+
+func ovhRunLevel(b *testing.B, lv ovhLevel, targets []*ovhTarget, truth *ovhTruth, step time.Duration) *ovhLevelResult {
+	res := &ovhLevelResult{lv: lv, step: step, stats: map[string]*ovhStats{}, started: time.Now()}
+	res.load[0] = ovhLoadavg()
+	for _, t := range targets {
+		res.stats[t.name] = &ovhStats{}
+		if err := t.connect(lv.streams); err != nil {
+			b.Fatalf("%s: connect %d: %v", t.name, lv.streams, err)
+		}
+	}
+	// Stagger the workers' first requests over up to a second (at most one
+	// mean request duration), as a load generator ramping up would.
+	meanE2E := 160 * step
+	stagger := min(time.Second, meanE2E)
+	if lv.streams == 1 {
+		stagger = 0
+	}
+	for round := 0; round < lv.rounds; round++ {
+		// The same output lengths for every target in this round.
+		rng := rand.New(rand.NewPCG(uint64(lv.streams), uint64(round)))
+		tokens := make([][]int, lv.streams)
+		for w := range tokens {
+			tokens[w] = make([]int, lv.perWorker)
+			for i := range tokens[w] {
+				tokens[w][i] = 64 + rng.IntN(193)
+			}
+		}
+		for k := range targets {
+			t := targets[(k+round)%len(targets)] // rotate the order each round
+			ovhRound(b, t, res.stats[t.name], tokens, stagger)
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // the sim flushes truth every 200 ms
+	for _, t := range targets {
+		st := res.stats[t.name]
+		st.fillHops(truth)
+	}
+	res.load[1] = ovhLoadavg()
+	return res
+}
+
+// ovhRound runs one measured round against one target.
+func ovhRound(b *testing.B, t *ovhTarget, st *ovhStats, tokens [][]int, stagger time.Duration) {
+	if err := t.warm(); err != nil {
+		b.Fatalf("%s: warm-up: %v", t.name, err)
+	}
+	n := len(tokens)
+	results := make([][]ovhResult, n)
+	errs := make([]error, n)
+	// sample RSS while the round runs
+	stopRSS := make(chan struct{})
+	rssDone := make(chan int64)
+	go func() {
+		var peak int64
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			peak = max(peak, t.proc.rss())
+			select {
+			case <-tick.C:
+			case <-stopRSS:
+				rssDone <- peak
+				return
+			}
+		}
+	}()
+	p0, s0 := t.proc.cpuTicks(), ovhCPUTicks(os.Getpid())
+	b0, tot0 := ovhSystemTicks()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := 0; w < n; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if stagger > 0 {
+				time.Sleep(time.Until(start.Add(stagger * time.Duration(w) / time.Duration(n))))
+			}
+			results[w] = make([]ovhResult, 0, len(tokens[w]))
+			for _, mt := range tokens[w] {
+				r, err := t.do(w, mt)
+				if err != nil {
+					errs[w] = err
+					continue
+				}
+				results[w] = append(results[w], r)
+			}
+		}()
+	}
+	wg.Wait()
+	wall := time.Since(start)
+	p1, s1 := t.proc.cpuTicks(), ovhCPUTicks(os.Getpid())
+	b1, tot1 := ovhSystemTicks()
+	close(stopRSS)
+	st.peakRSS = max(st.peakRSS, <-rssDone-t.idleRSS)
+	st.wall += wall
+	st.procTicks += p1 - p0
+	st.selfTicks += s1 - s0
+	st.sysBusy += b1 - b0
+	st.sysTotal += tot1 - tot0
+	for w, rs := range results {
+		if errs[w] != nil {
+			st.errors += len(tokens[w]) - len(rs)
+			if st.firstErr == nil {
+				st.firstErr = errs[w]
+			}
+		}
+		for _, r := range rs {
+			st.requests++
+			st.chunks += int64(r.chunks)
+			st.ttft = append(st.ttft, float64(r.firstNS-r.sendNS)/1e6)
+			st.e2e = append(st.e2e, float64(r.endNS-r.sendNS)/1e6)
+			st.streamTime += time.Duration(r.endNS - r.sendNS)
+			st.pending = append(st.pending, r)
+		}
+	}
+}
+
+// fillHops joins the client's times with the sim's truth. A request's hop
+// time is everything on its path that is not the sim's own work: from the
+// client's send to the sim's receive, plus from the sim's write of the
+// first content chunk (resp. last byte) to the client's receive of it. It
+// does not contain the sim's batching delay, so it compares targets with
+// far less noise than TTFT itself.
+func (st *ovhStats) fillHops(truth *ovhTruth) {
+	for _, r := range st.pending {
+		tr, ok := truth.lookup(r.id)
+		if !ok || tr.FirstContentNS == 0 {
+			st.missingTruth++
+			continue
+		}
+		up := tr.ReceivedNS - r.sendNS
+		st.hopTTFT = append(st.hopTTFT, float64(up+r.firstNS-tr.FirstContentNS)/1e6)
+		st.hopE2E = append(st.hopE2E, float64(up+r.endNS-tr.EndNS)/1e6)
+		st.simE2E = append(st.simE2E, float64(tr.EndNS-tr.ReceivedNS)/1e6)
+	}
+	st.pending = nil
+}
+
+// ovhPct is the p-th percentile with linear interpolation (numpy default).
+func ovhPct(xs []float64, p float64) float64 {
+	if len(xs) == 0 {
+		return math.NaN()
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	pos := p / 100 * float64(len(s)-1)
+	lo := int(math.Floor(pos))
+	hi := min(lo+1, len(s)-1)
+	return s[lo] + (s[hi]-s[lo])*(pos-float64(lo))
+}
+
+func (st *ovhStats) chunksPerSec() float64 { return float64(st.chunks) / st.wall.Seconds() }
+
+// cpuPer1k is CPU ms per 1,000 content chunks delivered.
+func cpuPer1k(ticks, chunks int64) float64 {
+	return float64(ticks) * (1000 / ovhClockTicks) / (float64(chunks) / 1000)
+}
+
+const ovhClockTicks = 100 // USER_HZ; Linux reports /proc times in 1/100 s
+
+func (r *ovhLevelResult) added(name string, f func(*ovhStats) []float64, p float64) float64 {
+	return ovhPct(f(r.stats[name]), p) - ovhPct(f(r.stats["direct"]), p)
+}
+
+func ttftOf(s *ovhStats) []float64    { return s.ttft }
+func e2eOf(s *ovhStats) []float64     { return s.e2e }
+func hopTTFTOf(s *ovhStats) []float64 { return s.hopTTFT }
+func hopE2EOf(s *ovhStats) []float64  { return s.hopE2E }
+
+func (r *ovhLevelResult) report(b *testing.B) {
+	b.ReportMetric(0, "ns/op")
+	for _, name := range []string{"nginx", "abproxy"} {
+		st := r.stats[name]
+		b.ReportMetric(r.added(name, ttftOf, 50), name+"_ttft_p50_added_ms")
+		b.ReportMetric(r.added(name, ttftOf, 99), name+"_ttft_p99_added_ms")
+		b.ReportMetric(r.added(name, e2eOf, 50), name+"_e2e_p50_added_ms")
+		b.ReportMetric(r.added(name, e2eOf, 99), name+"_e2e_p99_added_ms")
+		b.ReportMetric(r.added(name, hopTTFTOf, 50), name+"_hop_ttft_p50_added_ms")
+		b.ReportMetric(cpuPer1k(st.procTicks, st.chunks), name+"_cpu_per_1k_chunks_ms")
+		b.ReportMetric(float64(st.peakRSS)/1024/float64(r.lv.streams), name+"_kib_per_stream")
+	}
+	b.ReportMetric(r.stats["abproxy"].chunksPerSec(), "abproxy_chunks/s")
+	for _, line := range strings.Split(strings.TrimSpace(r.table()), "\n") {
+		b.Log(line)
+	}
+	for _, name := range ovhTargetNames {
+		st := r.stats[name]
+		if st.errors > 0 {
+			b.Errorf("%s: %d of %d requests failed, first: %v", name, st.errors, st.errors+st.requests, st.firstErr)
+		}
+	}
+}
+
+// table renders the level's figures for b.Log.
+func (r *ovhLevelResult) table() string {
+	var sb strings.Builder
+	d := r.stats["direct"]
+	fmt.Fprintf(&sb, "streams=%d: %d rounds x %d requests/stream per target, sim step %.2f ms; loadavg before %s, after %s\n",
+		r.lv.streams, r.lv.rounds, r.lv.perWorker, float64(r.step)/1e6, r.load[0], r.load[1])
+	fmt.Fprintf(&sb, "%-8s %6s %9s %9s %9s %9s %8s %8s %8s %8s %9s %8s %8s %8s %7s %7s\n",
+		"target", "reqs", "ttft_p50", "ttft_p99", "e2e_p50", "e2e_p99", "+ttft50", "+ttft99", "+e2e50", "+e2e99",
+		"chunks/s", "hop50", "hop99", "cpu/1k", "KiB/st", "other%")
+	for _, name := range ovhTargetNames {
+		st := r.stats[name]
+		fmt.Fprintf(&sb, "%-8s %6d %9.3f %9.3f %9.1f %9.1f %8.3f %8.3f %8.2f %8.2f %9.0f %8.3f %8.3f %8.1f %7.1f %7.0f\n",
+			name, st.requests, ovhPct(st.ttft, 50), ovhPct(st.ttft, 99), ovhPct(st.e2e, 50), ovhPct(st.e2e, 99),
+			r.added(name, ttftOf, 50), r.added(name, ttftOf, 99), r.added(name, e2eOf, 50), r.added(name, e2eOf, 99),
+			st.chunksPerSec(), ovhPct(st.hopTTFT, 50), ovhPct(st.hopTTFT, 99),
+			cpuPer1k(st.procTicks, st.chunks), float64(st.peakRSS)/1024/float64(r.lv.streams), st.otherPct())
+	}
+	fmt.Fprintf(&sb, "hop E2E p50/p99: direct %.3f/%.3f, nginx %.3f/%.3f, abproxy %.3f/%.3f ms; sim-internal E2E p50: %.1f / %.1f / %.1f ms\n",
+		ovhPct(d.hopE2E, 50), ovhPct(d.hopE2E, 99), ovhPct(r.stats["nginx"].hopE2E, 50), ovhPct(r.stats["nginx"].hopE2E, 99),
+		ovhPct(r.stats["abproxy"].hopE2E, 50), ovhPct(r.stats["abproxy"].hopE2E, 99),
+		ovhPct(d.simE2E, 50), ovhPct(r.stats["nginx"].simE2E, 50), ovhPct(r.stats["abproxy"].simE2E, 50))
+	fmt.Fprintf(&sb, "client+sim process CPU per 1k chunks: direct %.1f, nginx %.1f, abproxy %.1f ms; mean streams in flight: direct %.0f, nginx %.0f, abproxy %.0f; truth misses %d/%d/%d\n",
+		cpuPer1k(d.selfTicks, d.chunks), cpuPer1k(r.stats["nginx"].selfTicks, r.stats["nginx"].chunks),
+		cpuPer1k(r.stats["abproxy"].selfTicks, r.stats["abproxy"].chunks),
+		d.inFlight(), r.stats["nginx"].inFlight(), r.stats["abproxy"].inFlight(),
+		d.missingTruth, r.stats["nginx"].missingTruth, r.stats["abproxy"].missingTruth)
+	return sb.String()
+}
+
+func (st *ovhStats) inFlight() float64 { return st.streamTime.Seconds() / st.wall.Seconds() }
+
+// otherPct is the CPU used by everything but this benchmark and the proxy
+// under test, as a percentage of one core, during the target's rounds:
+// other engineers' builds and tests on a shared machine.
+func (st *ovhStats) otherPct() float64 {
+	if st.sysTotal == 0 {
+		return math.NaN()
+	}
+	other := st.sysBusy - st.selfTicks - st.procTicks
+	return 100 * float64(other) / float64(st.sysTotal) * float64(runtime.NumCPU())
+}
+
+// markdown renders the level as Markdown tables for docs/benchmarks.md.
+func (r *ovhLevelResult) markdown() string {
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "#### %d concurrent streams\n\n", r.lv.streams)
+	fmt.Fprintf(&sb, "%d rounds x %d requests per stream per target; sim step %.2f ms; loadavg %s -> %s; started %s\n\n",
+		r.lv.rounds, r.lv.perWorker, float64(r.step)/1e6, r.load[0], r.load[1], r.started.Format(time.RFC3339))
+	sb.WriteString("| target | requests | TTFT p50 | TTFT p99 | E2E p50 | E2E p99 | added TTFT p50 | added TTFT p99 | added E2E p50 | added E2E p99 | hop TTFT p50 | hop TTFT p99 | chunks/s | CPU ms / 1k chunks | KiB / stream | other load (% of a core) |\n")
+	sb.WriteString("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	for _, name := range ovhTargetNames {
+		st := r.stats[name]
+		cpu, kib := "—", "—"
+		if name != "direct" {
+			cpu = fmt.Sprintf("%.1f", cpuPer1k(st.procTicks, st.chunks))
+			kib = fmt.Sprintf("%.1f", float64(st.peakRSS)/1024/float64(r.lv.streams))
+		}
+		add := func(f func(*ovhStats) []float64, p float64, prec int) string {
+			if name == "direct" {
+				return "—"
+			}
+			return fmt.Sprintf("%+.*f", prec, r.added(name, f, p))
+		}
+		fmt.Fprintf(&sb, "| %s | %d | %.3f | %.3f | %.1f | %.1f | %s | %s | %s | %s | %.3f | %.3f | %.0f | %s | %s | %.0f |\n",
+			name, st.requests, ovhPct(st.ttft, 50), ovhPct(st.ttft, 99), ovhPct(st.e2e, 50), ovhPct(st.e2e, 99),
+			add(ttftOf, 50, 3), add(ttftOf, 99, 3), add(e2eOf, 50, 2), add(e2eOf, 99, 2),
+			ovhPct(st.hopTTFT, 50), ovhPct(st.hopTTFT, 99), st.chunksPerSec(), cpu, kib, st.otherPct())
+	}
+	d := r.stats["direct"]
+	fmt.Fprintf(&sb, "\nclient+sim process CPU ms per 1k chunks: direct %.1f, nginx %.1f, abproxy %.1f; mean streams in flight: %.0f / %.0f / %.0f\n",
+		cpuPer1k(d.selfTicks, d.chunks), cpuPer1k(r.stats["nginx"].selfTicks, r.stats["nginx"].chunks),
+		cpuPer1k(r.stats["abproxy"].selfTicks, r.stats["abproxy"].chunks),
+		d.inFlight(), r.stats["nginx"].inFlight(), r.stats["abproxy"].inFlight())
+	return sb.String()
+}
+
+func ovhLoadavg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+// ovhEnv describes the machine.
+type ovhEnv struct {
+	cpus  int
+	model string
+	mem   string
+	kern  string
+}
+
+func (e *ovhEnv) describe() {
+	e.cpus = runtime.NumCPU()
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+				e.model = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		l, _, _ := strings.Cut(string(b), "\n")
+		e.mem = strings.Join(strings.Fields(l)[1:], " ")
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		e.kern = strings.TrimSpace(string(b))
+	}
+}
+
+func (e ovhEnv) String() string {
+	return fmt.Sprintf("%d CPUs (%s), MemTotal %s, Linux %s, %s, GOMAXPROCS %d, loadavg %s",
+		e.cpus, e.model, e.mem, e.kern, runtime.Version(), runtime.GOMAXPROCS(0), ovhLoadavg())
+}

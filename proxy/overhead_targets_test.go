@@ -1,0 +1,432 @@
+package proxy_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/abproxy/abproxy/config"
+	"github.com/abproxy/abproxy/proxy"
+	"github.com/abproxy/abproxy/recorder"
+)
+
+// The proxies under test run as separate processes so that their CPU time
+// and memory can be read from /proc, exactly like nginx's. abproxy runs as
+// this test binary re-executed with ovhChildEnv set: init below then runs
+// the same wiring as `abproxy serve` (config defaults, the SQLite recorder,
+// proxy.New, SIGTERM drain) instead of the tests. This keeps the benchmark
+// independent of cmd/abproxy's build; set ABPROXY_OVERHEAD_BIN to a built
+// abproxy binary to measure that instead.
+
+const (
+	ovhChildEnv   = "ABPROXY_OVERHEAD_CHILD"   // "serve": run the proxy, not the tests
+	ovhListenEnv  = "ABPROXY_OVERHEAD_LISTEN"  // child: listen address
+	ovhBackendEnv = "ABPROXY_OVERHEAD_BACKEND" // child: backend URL
+	ovhDBEnv      = "ABPROXY_OVERHEAD_DB"      // child: SQLite path
+	ovhProfileEnv = "ABPROXY_OVERHEAD_CPUPROFILE"
+)
+
+func init() {
+	if os.Getenv(ovhChildEnv) == "serve" {
+		os.Exit(ovhChildServe())
+	}
+}
+
+// ovhChildServe is `abproxy serve --backend sim=URL --listen ADDR --db PATH`
+// in miniature. On SIGTERM it drains, closes the recorder and prints the
+// recorder's counts as one line on stdout for the parent to check.
+func ovhChildServe() int {
+	fail := func(err error) int { fmt.Fprintln(os.Stderr, "overhead child:", err); return 1 }
+	if path := os.Getenv(ovhProfileEnv); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			return fail(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fail(err)
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	}
+	cfg := config.Default()
+	cfg.Proxy.Listen = os.Getenv(ovhListenEnv)
+	cfg.Recorder.Path = os.Getenv(ovhDBEnv)
+	cfg.Backends = []config.Backend{{Name: "sim", URL: os.Getenv(ovhBackendEnv)}}
+	if err := cfg.Validate(); err != nil {
+		return fail(err)
+	}
+	zc := zap.NewProductionConfig() // what `abproxy serve` logs at: info, JSON
+	log, err := zc.Build()
+	if err != nil {
+		return fail(err)
+	}
+	rec, err := recorder.Open(recorder.Options{Path: cfg.Recorder.Path, QueueSize: cfg.Recorder.QueueSize, Logger: log.Named("recorder")})
+	if err != nil {
+		return fail(err)
+	}
+	if _, err := rec.EnsureRun(recorder.Run{Name: "overhead", Kind: recorder.KindBench, StartedNS: time.Now().UnixNano()}); err != nil {
+		return fail(err)
+	}
+	p, err := proxy.New(proxy.Options{Config: cfg, Sink: rec, Logger: log.Named("proxy"), Run: "overhead"})
+	if err != nil {
+		return fail(err)
+	}
+	ln, err := net.Listen("tcp", cfg.Proxy.Listen)
+	if err != nil {
+		return fail(err)
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	go func() { _ = p.Serve(ln) }()
+	<-sigs
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.Proxy.DrainTimeout.Duration)
+	defer cancel()
+	if err := p.Shutdown(ctx); err != nil {
+		log.Warn("shutdown", zap.Error(err))
+	}
+	_ = rec.EndRun("overhead", time.Now().UnixNano())
+	if err := rec.Close(); err != nil {
+		return fail(err)
+	}
+	st := rec.Stats()
+	fmt.Printf("recorder submitted=%d written=%d dropped=%d failed=%d\n", st.Submitted, st.Written, st.Dropped, st.Failed)
+	return 0
+}
+
+// ovhProc is a proxy running as child processes.
+type ovhProc struct {
+	name   string
+	addr   string
+	cmd    *exec.Cmd
+	pids   []int // processes whose CPU and RSS count (nginx: master and workers)
+	stdout bytes.Buffer
+	dir    string
+}
+
+// ovhFreeAddr returns a free loopback address.
+func ovhFreeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// ovhStartAbproxy starts abproxy in front of backendURL.
+func ovhStartAbproxy(b *testing.B, dir, backendURL, cpuProfile string) (*ovhProc, error) {
+	addr, err := ovhFreeAddr()
+	if err != nil {
+		return nil, err
+	}
+	db := filepath.Join(dir, "abproxy.db")
+	var cmd *exec.Cmd
+	if bin := os.Getenv("ABPROXY_OVERHEAD_BIN"); bin != "" {
+		cmd = exec.Command(bin, "serve", "--backend", "sim="+backendURL, "--listen", addr, "--db", db, "--run", "overhead")
+		cmd.Env = os.Environ()
+	} else {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, err
+		}
+		cmd = exec.Command(exe)
+		cmd.Env = append(os.Environ(), ovhChildEnv+"=serve", ovhListenEnv+"="+addr, ovhBackendEnv+"="+backendURL, ovhDBEnv+"="+db)
+		if cpuProfile != "" {
+			cmd.Env = append(cmd.Env, ovhProfileEnv+"="+cpuProfile)
+		}
+	}
+	cmd.Dir = dir // no stray ./config.toml is picked up
+	p := &ovhProc{name: "abproxy", addr: addr, cmd: cmd, dir: dir}
+	cmd.Stdout = &p.stdout
+	logf, err := os.Create(filepath.Join(dir, "abproxy.log"))
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stderr = logf
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p.pids = []int{cmd.Process.Pid}
+	if err := ovhWaitHTTP(addr, "/health", 10*time.Second); err != nil {
+		p.stop()
+		return nil, fmt.Errorf("abproxy did not come up: %w (log: %s)", err, ovhTail(filepath.Join(dir, "abproxy.log")))
+	}
+	return p, nil
+}
+
+// ovhNginxConf is the generated nginx configuration. worker_processes auto
+// (= nproc, 2 here): abproxy's Go runtime may use every core too
+// (GOMAXPROCS = nproc), so both proxies get the same CPU entitlement, and
+// it is the setting Debian ships in /etc/nginx/nginx.conf.
+const ovhNginxConf = `# generated by BenchmarkOverhead
+%[1]s
+worker_processes auto;
+worker_rlimit_nofile 65536;
+pid %[2]s/nginx.pid;
+error_log %[2]s/error.log warn;
+lock_file %[2]s/nginx.lock;
+daemon off;
+events {
+    worker_connections 16384;
+}
+http {
+    access_log off;
+    client_body_temp_path %[2]s/body;
+    proxy_temp_path %[2]s/proxy;
+    fastcgi_temp_path %[2]s/fastcgi;
+    uwsgi_temp_path %[2]s/uwsgi;
+    scgi_temp_path %[2]s/scgi;
+    keepalive_timeout 300s;
+    keepalive_requests 1000000;
+    upstream sim {
+        server %[3]s;
+        keepalive 2048;
+        keepalive_requests 1000000;
+        keepalive_timeout 300s;
+    }
+    server {
+        listen %[4]s backlog=4096;
+        location / {
+            proxy_pass http://sim;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+            proxy_read_timeout 300s;
+            chunked_transfer_encoding on;
+        }
+    }
+}
+`
+
+// ovhStartNginx starts nginx as a child process with a config in dir.
+func ovhStartNginx(dir, backendAddr string) (*ovhProc, error) {
+	bin, err := exec.LookPath("nginx")
+	if err != nil {
+		for _, p := range []string{"/usr/sbin/nginx", "/usr/local/sbin/nginx"} {
+			if _, serr := os.Stat(p); serr == nil {
+				bin, err = p, nil
+				break
+			}
+		}
+		if err != nil {
+			return nil, errNoNginx
+		}
+	}
+	addr, err := ovhFreeAddr()
+	if err != nil {
+		return nil, err
+	}
+	user := ""
+	if os.Geteuid() == 0 {
+		user = "user root;" // otherwise workers drop to nobody, who cannot write dir
+	}
+	conf := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(conf, fmt.Appendf(nil, ovhNginxConf, user, dir, backendAddr, addr), 0o644); err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, "-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log"))
+	cmd.Dir = dir
+	p := &ovhProc{name: "nginx", addr: addr, cmd: cmd, dir: dir}
+	cmd.Stdout = &p.stdout
+	cmd.Stderr = &p.stdout
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	if err := ovhWaitHTTP(addr, "/health", 10*time.Second); err != nil {
+		p.stop()
+		return nil, fmt.Errorf("nginx did not come up: %w: %s %s", err, p.stdout.String(), ovhTail(filepath.Join(dir, "error.log")))
+	}
+	// master and workers: the workers are the master's children
+	p.pids = []int{cmd.Process.Pid}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(p.pids) == 1 && time.Now().Before(deadline) {
+		p.pids = append(p.pids[:1], ovhChildren(cmd.Process.Pid)...)
+		time.Sleep(20 * time.Millisecond)
+	}
+	if len(p.pids) == 1 {
+		p.stop()
+		return nil, errors.New("nginx started no worker process")
+	}
+	return p, nil
+}
+
+var errNoNginx = errors.New("nginx is not installed (apt-get install -y nginx-light)")
+
+// ovhChildren lists the pids whose parent is ppid.
+func ovhChildren(ppid int) []int {
+	ents, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		f := ovhStatFields(b)
+		if len(f) > 1 && f[1] == strconv.Itoa(ppid) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// ovhStatFields returns the fields of /proc/PID/stat after the command
+// name: f[0] is the state (field 3), f[1] the ppid, f[11] utime, f[12] stime.
+func ovhStatFields(b []byte) []string {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return nil
+	}
+	return strings.Fields(string(b[i+1:]))
+}
+
+// ovhCPUTicks is utime+stime of pid in clock ticks (1/100 s on Linux).
+func ovhCPUTicks(pid int) int64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	f := ovhStatFields(b)
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	s, _ := strconv.ParseInt(f[12], 10, 64)
+	return u + s
+}
+
+// ovhRSS is VmRSS of pid in bytes.
+func ovhRSS(pid int) int64 {
+	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+func (p *ovhProc) cpuTicks() int64 {
+	if p == nil {
+		return 0
+	}
+	var t int64
+	for _, pid := range p.pids {
+		t += ovhCPUTicks(pid)
+	}
+	return t
+}
+
+func (p *ovhProc) rss() int64 {
+	if p == nil {
+		return 0
+	}
+	var t int64
+	for _, pid := range p.pids {
+		t += ovhRSS(pid)
+	}
+	return t
+}
+
+// stop sends SIGTERM (nginx: fast shutdown; abproxy: drain) and waits.
+func (p *ovhProc) stop() error {
+	if p == nil || p.cmd.Process == nil {
+		return nil
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- p.cmd.Wait() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(40 * time.Second):
+		_ = p.cmd.Process.Kill()
+		return <-done
+	}
+}
+
+// ovhWaitHTTP polls GET path on addr until it answers.
+func ovhWaitHTTP(addr, path string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	var last error
+	for time.Now().Before(deadline) {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			_ = c.SetDeadline(time.Now().Add(time.Second))
+			_, err = fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", path)
+			if err == nil {
+				var buf [64]byte
+				var n int
+				n, err = c.Read(buf[:])
+				if err == nil && bytes.HasPrefix(buf[:n], []byte("HTTP/1.1 200")) {
+					c.Close()
+					return nil
+				}
+				if err == nil {
+					err = fmt.Errorf("answer %q", buf[:n])
+				}
+			}
+			c.Close()
+		}
+		last = err
+		time.Sleep(20 * time.Millisecond)
+	}
+	return last
+}
+
+func ovhTail(path string) string {
+	b, _ := os.ReadFile(path)
+	if len(b) > 2000 {
+		b = b[len(b)-2000:]
+	}
+	return string(b)
+}
+
+// ovhSystemTicks returns busy and total jiffies over all CPUs from
+// /proc/stat, to tell how much CPU other processes on the box used.
+func ovhSystemTicks() (busy, total int64) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := bytes.Cut(b, []byte("\n"))
+	f := strings.Fields(string(line))
+	if len(f) < 8 || f[0] != "cpu" {
+		return 0, 0
+	}
+	for i, s := range f[1:] {
+		v, _ := strconv.ParseInt(s, 10, 64)
+		if i >= 8 { // guest time is already counted in user
+			break
+		}
+		total += v
+		if i != 3 && i != 4 { // idle, iowait
+			busy += v
+		}
+	}
+	return busy, total
+}
