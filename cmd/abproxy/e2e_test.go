@@ -208,3 +208,88 @@ func TestCLIErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestSIGHUPReloadsRoute flips the split weights with SIGHUP while a stream
+// is in flight, then sends a broken config: the route changes, the stream
+// completes, and the broken config changes nothing.
+func TestSIGHUPReloadsRoute(t *testing.T) {
+	simAddr, proxyAddr := freeAddr(t), freeAddr(t)
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "config.toml")
+	writeCfg := func(route string) {
+		t.Helper()
+		cfg := fmt.Sprintf(`[proxy]
+listen = %q
+[recorder]
+path = %q
+[[backend]]
+name = "a"
+url = "http://%s"
+[[backend]]
+name = "b"
+url = "http://%s"
+[route]
+%s
+`, proxyAddr, filepath.Join(dir, "db"), simAddr, simAddr, route)
+		if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeCfg(`weights = { a = 100, b = 0 }`)
+	start(t, "sim", "--listen", simAddr, "--speedup", "10")
+	waitHealthy(t, "http://"+simAddr)
+	srv, out := start(t, "serve", "--config", cfgPath)
+	waitHealthy(t, "http://"+proxyAddr)
+	backendOf := func() string {
+		resp, err := http.Post("http://"+proxyAddr+"/v1/completions", "application/json",
+			strings.NewReader(`{"model":"Qwen/Qwen2.5-14B-Instruct","prompt":"x","max_tokens":2}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.Header.Get("X-ABProxy-Backend")
+	}
+	if b := backendOf(); b != "a" {
+		t.Fatalf("before reload: backend %q", b)
+	}
+	// a long stream, in flight across the reload
+	streamDone := make(chan string, 1)
+	go func() {
+		resp, err := http.Post("http://"+proxyAddr+"/v1/chat/completions", "application/json",
+			strings.NewReader(`{"model":"Qwen/Qwen2.5-14B-Instruct","messages":[{"role":"user","content":"x"}],"max_tokens":200,"ignore_eos":true,"stream":true}`))
+		if err != nil {
+			streamDone <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		streamDone <- string(b)
+	}()
+	time.Sleep(100 * time.Millisecond)
+	writeCfg(`weights = { a = 0, b = 100 }`)
+	srv.Process.Signal(syscall.SIGHUP)
+	deadline := time.Now().Add(5 * time.Second)
+	for backendOf() != "b" {
+		if time.Now().After(deadline) {
+			t.Fatal("route not reloaded 5s after SIGHUP")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	writeCfg(`weights = { nosuch = 1 }`)
+	srv.Process.Signal(syscall.SIGHUP)
+	time.Sleep(300 * time.Millisecond)
+	for i := 0; i < 5; i++ {
+		if b := backendOf(); b != "b" {
+			t.Fatalf("a broken config changed the route: backend %q", b)
+		}
+	}
+	if s := <-streamDone; !strings.Contains(s, "[DONE]") || strings.Count(s, `"content":`) < 200 {
+		t.Fatalf("the stream in flight during the reload did not complete: %.200q", s)
+	}
+	srv.Process.Signal(syscall.SIGTERM)
+	srv.Wait()
+	if !strings.Contains(out.String(), "reload failed, keeping the current route") || !strings.Contains(out.String(), "nosuch") {
+		t.Fatalf("the failed reload was not logged with its reason:\n%s", out.String())
+	}
+}

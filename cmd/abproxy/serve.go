@@ -90,7 +90,13 @@ func parseBackendFlag(s string) (config.Backend, error) {
 }
 
 func runServe(ctx context.Context, f *serveFlags) error {
-	cfg, err := loadConfig(f.config)
+	cfgPath := f.config
+	if cfgPath == "" {
+		if _, err := os.Stat("config.toml"); err == nil {
+			cfgPath = "config.toml"
+		}
+	}
+	cfg, err := loadConfig(cfgPath)
 	if err != nil {
 		return err
 	}
@@ -158,20 +164,30 @@ func runServe(ctx context.Context, f *serveFlags) error {
 		return fmt.Errorf("listen on %s: %w", cfg.Proxy.Listen, err)
 	}
 	log.Info("serving", zap.String("listen", ln.Addr().String()), zap.Strings("backends", cfg.BackendNames()),
-		zap.String("db", cfg.Recorder.Path), zap.String("run", runName))
+		zap.String("route", p.Route().Describe()), zap.String("db", cfg.Recorder.Path), zap.String("run", runName))
 
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- p.Serve(ln) }()
-	select {
-	case err = <-serveErr:
-		log.Error("proxy stopped", zap.Error(err))
-	case s := <-sigs:
-		log.Info("draining", zap.String("signal", s.String()), zap.Int64("in_flight", p.InFlight()),
-			zap.Duration("drain_timeout", cfg.Proxy.DrainTimeout.Duration))
-	case <-ctxDone(ctx):
+wait:
+	for {
+		select {
+		case err = <-serveErr:
+			log.Error("proxy stopped", zap.Error(err))
+			break wait
+		case s := <-sigs:
+			if s == syscall.SIGHUP {
+				reloadRoute(log, p, cfgPath, cfg)
+				continue
+			}
+			log.Info("draining", zap.String("signal", s.String()), zap.Int64("in_flight", p.InFlight()),
+				zap.Duration("drain_timeout", cfg.Proxy.DrainTimeout.Duration))
+			break wait
+		case <-ctxDone(ctx):
+			break wait
+		}
 	}
 	dctx, cancel := context.WithTimeout(context.Background(), cfg.Proxy.DrainTimeout.Duration)
 	defer cancel()
@@ -187,6 +203,40 @@ func runServe(ctx context.Context, f *serveFlags) error {
 	}
 	log.Info("stopped", zap.Int64("recorded", st.Written), zap.Int64("dropped", st.Dropped))
 	return err
+}
+
+// reloadRoute re-reads [route] on SIGHUP. Streams in flight keep their
+// backend; a config that does not parse or validate changes nothing.
+func reloadRoute(log *zap.Logger, p *proxy.Proxy, path string, cur *config.Config) {
+	if path == "" {
+		log.Warn("SIGHUP ignored: serve was started without a config file")
+		return
+	}
+	next, err := config.Load(path)
+	if err != nil {
+		log.Warn("reload failed, keeping the current route", zap.Error(err))
+		return
+	}
+	if !sameBackends(cur.Backends, next.Backends) {
+		log.Warn("reload: [[backend]] changes need a restart; applying [route] only")
+	}
+	if err := p.SetRoute(next.Route); err != nil {
+		log.Warn("reload failed, keeping the current route", zap.Error(err))
+		return
+	}
+	log.Info("route reloaded", zap.String("route", p.Route().Describe()))
+}
+
+func sameBackends(a, b []config.Backend) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].Name != b[i].Name || a[i].URL != b[i].URL || a[i].Model != b[i].Model {
+			return false
+		}
+	}
+	return true
 }
 
 func ctxDone(ctx context.Context) <-chan struct{} {
