@@ -107,6 +107,7 @@ func BenchmarkOverhead(b *testing.B) {
 			b.Fatalf("%s: %v", t.name, err)
 		}
 		t.idleRSS = t.proc.rss()
+		t.baseRSS = t.idleRSS
 	}
 
 	env := ovhEnv{}
@@ -125,6 +126,11 @@ func BenchmarkOverhead(b *testing.B) {
 			res.report(b)
 		})
 		if res != nil {
+			if len(all) == 0 { // later levels count memory above this one's peak
+				for _, t := range targets {
+					t.baseRSS, t.baseStreams = res.stats[t.name].peakRSS, lv.streams
+				}
+			}
 			all = append(all, res)
 		}
 	}
@@ -220,9 +226,13 @@ type ovhTarget struct {
 	addr    string
 	proc    *ovhProc // nil for direct
 	conns   []*ovhConn
-	idleRSS int64
-	sent    atomic.Int64 // requests sent, warm-ups included
-	seq     atomic.Int64
+	idleRSS int64 // after one request, before any level
+	// memory per stream is the RSS growth over the previous base (idle, or
+	// the first level's peak) divided by the growth in streams
+	baseRSS     int64
+	baseStreams int
+	sent        atomic.Int64 // requests sent, warm-ups included
+	seq         atomic.Int64
 }
 
 func (t *ovhTarget) connect(n int) error {
@@ -345,7 +355,7 @@ func (t *ovhTruth) lookup(id string) (sim.TruthRecord, bool) {
 type ovhStats struct {
 	ttft, e2e       []float64 // client-measured, ms
 	hopTTFT, hopE2E []float64 // time spent outside the sim, ms (see report)
-	simE2E          []float64 // the sim's own received -> last byte written, ms
+	simTTFT, simE2E []float64 // the sim's own received -> first content / last byte written, ms
 	chunks          int64
 	requests        int
 	errors          int
@@ -363,6 +373,8 @@ type ovhStats struct {
 
 type ovhLevelResult struct {
 	lv      ovhLevel
+	mem     map[string]float64 // KiB per stream
+	peak    map[string]float64 // peak RSS, MiB
 	step    time.Duration
 	stats   map[string]*ovhStats
 	load    [2]string // /proc/loadavg before and after
@@ -403,9 +415,14 @@ func ovhRunLevel(b *testing.B, lv ovhLevel, targets []*ovhTarget, truth *ovhTrut
 		}
 	}
 	time.Sleep(300 * time.Millisecond) // the sim flushes truth every 200 ms
+	res.mem, res.peak = map[string]float64{}, map[string]float64{}
 	for _, t := range targets {
 		st := res.stats[t.name]
 		st.fillHops(truth)
+		if t.proc != nil {
+			res.peak[t.name] = float64(st.peakRSS) / (1 << 20)
+			res.mem[t.name] = float64(st.peakRSS-t.baseRSS) / 1024 / float64(lv.streams-t.baseStreams)
+		}
 	}
 	res.load[1] = ovhLoadavg()
 	return res
@@ -463,7 +480,7 @@ func ovhRound(b *testing.B, t *ovhTarget, st *ovhStats, tokens [][]int, stagger 
 	p1, s1 := t.proc.cpuTicks(), ovhCPUTicks(os.Getpid())
 	b1, tot1 := ovhSystemTicks()
 	close(stopRSS)
-	st.peakRSS = max(st.peakRSS, <-rssDone-t.idleRSS)
+	st.peakRSS = max(st.peakRSS, <-rssDone)
 	st.wall += wall
 	st.procTicks += p1 - p0
 	st.selfTicks += s1 - s0
@@ -503,6 +520,7 @@ func (st *ovhStats) fillHops(truth *ovhTruth) {
 		up := tr.ReceivedNS - r.sendNS
 		st.hopTTFT = append(st.hopTTFT, float64(up+r.firstNS-tr.FirstContentNS)/1e6)
 		st.hopE2E = append(st.hopE2E, float64(up+r.endNS-tr.EndNS)/1e6)
+		st.simTTFT = append(st.simTTFT, float64(tr.FirstContentNS-tr.ReceivedNS)/1e6)
 		st.simE2E = append(st.simE2E, float64(tr.EndNS-tr.ReceivedNS)/1e6)
 	}
 	st.pending = nil
@@ -549,7 +567,7 @@ func (r *ovhLevelResult) report(b *testing.B) {
 		b.ReportMetric(r.added(name, e2eOf, 99), name+"_e2e_p99_added_ms")
 		b.ReportMetric(r.added(name, hopTTFTOf, 50), name+"_hop_ttft_p50_added_ms")
 		b.ReportMetric(cpuPer1k(st.procTicks, st.chunks), name+"_cpu_per_1k_chunks_ms")
-		b.ReportMetric(float64(st.peakRSS)/1024/float64(r.lv.streams), name+"_kib_per_stream")
+		b.ReportMetric(r.mem[name], name+"_kib_per_stream")
 	}
 	b.ReportMetric(r.stats["abproxy"].chunksPerSec(), "abproxy_chunks/s")
 	for _, line := range strings.Split(strings.TrimSpace(r.table()), "\n") {
@@ -578,11 +596,12 @@ func (r *ovhLevelResult) table() string {
 			name, st.requests, ovhPct(st.ttft, 50), ovhPct(st.ttft, 99), ovhPct(st.e2e, 50), ovhPct(st.e2e, 99),
 			r.added(name, ttftOf, 50), r.added(name, ttftOf, 99), r.added(name, e2eOf, 50), r.added(name, e2eOf, 99),
 			st.chunksPerSec(), ovhPct(st.hopTTFT, 50), ovhPct(st.hopTTFT, 99),
-			cpuPer1k(st.procTicks, st.chunks), float64(st.peakRSS)/1024/float64(r.lv.streams), st.otherPct())
+			cpuPer1k(st.procTicks, st.chunks), r.mem[name], st.otherPct())
 	}
-	fmt.Fprintf(&sb, "hop E2E p50/p99: direct %.3f/%.3f, nginx %.3f/%.3f, abproxy %.3f/%.3f ms; sim-internal E2E p50: %.1f / %.1f / %.1f ms\n",
+	fmt.Fprintf(&sb, "hop E2E p50/p99: direct %.3f/%.3f, nginx %.3f/%.3f, abproxy %.3f/%.3f ms; sim-internal TTFT p50 %.3f / %.3f / %.3f ms, E2E p50 %.1f / %.1f / %.1f ms\n",
 		ovhPct(d.hopE2E, 50), ovhPct(d.hopE2E, 99), ovhPct(r.stats["nginx"].hopE2E, 50), ovhPct(r.stats["nginx"].hopE2E, 99),
 		ovhPct(r.stats["abproxy"].hopE2E, 50), ovhPct(r.stats["abproxy"].hopE2E, 99),
+		ovhPct(d.simTTFT, 50), ovhPct(r.stats["nginx"].simTTFT, 50), ovhPct(r.stats["abproxy"].simTTFT, 50),
 		ovhPct(d.simE2E, 50), ovhPct(r.stats["nginx"].simE2E, 50), ovhPct(r.stats["abproxy"].simE2E, 50))
 	fmt.Fprintf(&sb, "client+sim process CPU per 1k chunks: direct %.1f, nginx %.1f, abproxy %.1f ms; mean streams in flight: direct %.0f, nginx %.0f, abproxy %.0f; truth misses %d/%d/%d\n",
 		cpuPer1k(d.selfTicks, d.chunks), cpuPer1k(r.stats["nginx"].selfTicks, r.stats["nginx"].chunks),
@@ -611,14 +630,14 @@ func (r *ovhLevelResult) markdown() string {
 	fmt.Fprintf(&sb, "#### %d concurrent streams\n\n", r.lv.streams)
 	fmt.Fprintf(&sb, "%d rounds x %d requests per stream per target; sim step %.2f ms; loadavg %s -> %s; started %s\n\n",
 		r.lv.rounds, r.lv.perWorker, float64(r.step)/1e6, r.load[0], r.load[1], r.started.Format(time.RFC3339))
-	sb.WriteString("| target | requests | TTFT p50 | TTFT p99 | E2E p50 | E2E p99 | added TTFT p50 | added TTFT p99 | added E2E p50 | added E2E p99 | hop TTFT p50 | hop TTFT p99 | chunks/s | CPU ms / 1k chunks | KiB / stream | other load (% of a core) |\n")
-	sb.WriteString("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	sb.WriteString("| target | requests | TTFT p50 | TTFT p99 | E2E p50 | E2E p99 | added TTFT p50 | added TTFT p99 | added E2E p50 | added E2E p99 | hop TTFT p50 | hop TTFT p99 | hop E2E p50 | hop E2E p99 | chunks/s | CPU ms / 1k chunks | KiB / stream | other load (% of a core) |\n")
+	sb.WriteString("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, name := range ovhTargetNames {
 		st := r.stats[name]
 		cpu, kib := "—", "—"
 		if name != "direct" {
 			cpu = fmt.Sprintf("%.1f", cpuPer1k(st.procTicks, st.chunks))
-			kib = fmt.Sprintf("%.1f", float64(st.peakRSS)/1024/float64(r.lv.streams))
+			kib = fmt.Sprintf("%.1f (peak %.1f MiB)", r.mem[name], r.peak[name])
 		}
 		add := func(f func(*ovhStats) []float64, p float64, prec int) string {
 			if name == "direct" {
@@ -626,13 +645,15 @@ func (r *ovhLevelResult) markdown() string {
 			}
 			return fmt.Sprintf("%+.*f", prec, r.added(name, f, p))
 		}
-		fmt.Fprintf(&sb, "| %s | %d | %.3f | %.3f | %.1f | %.1f | %s | %s | %s | %s | %.3f | %.3f | %.0f | %s | %s | %.0f |\n",
+		fmt.Fprintf(&sb, "| %s | %d | %.3f | %.3f | %.1f | %.1f | %s | %s | %s | %s | %.3f | %.3f | %.3f | %.3f | %.0f | %s | %s | %.0f |\n",
 			name, st.requests, ovhPct(st.ttft, 50), ovhPct(st.ttft, 99), ovhPct(st.e2e, 50), ovhPct(st.e2e, 99),
 			add(ttftOf, 50, 3), add(ttftOf, 99, 3), add(e2eOf, 50, 2), add(e2eOf, 99, 2),
-			ovhPct(st.hopTTFT, 50), ovhPct(st.hopTTFT, 99), st.chunksPerSec(), cpu, kib, st.otherPct())
+			ovhPct(st.hopTTFT, 50), ovhPct(st.hopTTFT, 99), ovhPct(st.hopE2E, 50), ovhPct(st.hopE2E, 99),
+			st.chunksPerSec(), cpu, kib, st.otherPct())
 	}
 	d := r.stats["direct"]
-	fmt.Fprintf(&sb, "\nclient+sim process CPU ms per 1k chunks: direct %.1f, nginx %.1f, abproxy %.1f; mean streams in flight: %.0f / %.0f / %.0f\n",
+	fmt.Fprintf(&sb, "\nsim-internal TTFT p50 (direct / nginx / abproxy): %.3f / %.3f / %.3f ms; client+sim process CPU ms per 1k chunks: %.1f / %.1f / %.1f; mean streams in flight: %.0f / %.0f / %.0f\n",
+		ovhPct(d.simTTFT, 50), ovhPct(r.stats["nginx"].simTTFT, 50), ovhPct(r.stats["abproxy"].simTTFT, 50),
 		cpuPer1k(d.selfTicks, d.chunks), cpuPer1k(r.stats["nginx"].selfTicks, r.stats["nginx"].chunks),
 		cpuPer1k(r.stats["abproxy"].selfTicks, r.stats["abproxy"].chunks),
 		d.inFlight(), r.stats["nginx"].inFlight(), r.stats["abproxy"].inFlight())

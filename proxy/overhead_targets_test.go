@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
+	_ "net/http/pprof" // for ABPROXY_OVERHEAD_PPROF
 	"os"
 	"os/exec"
 	"os/signal"
@@ -39,6 +41,7 @@ const (
 	ovhBackendEnv = "ABPROXY_OVERHEAD_BACKEND" // child: backend URL
 	ovhDBEnv      = "ABPROXY_OVERHEAD_DB"      // child: SQLite path
 	ovhProfileEnv = "ABPROXY_OVERHEAD_CPUPROFILE"
+	ovhPprofEnv   = "ABPROXY_OVERHEAD_PPROF" // child: serve net/http/pprof on this address
 )
 
 func init() {
@@ -61,6 +64,9 @@ func ovhChildServe() int {
 			return fail(err)
 		}
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	}
+	if addr := os.Getenv(ovhPprofEnv); addr != "" {
+		go func() { _ = http.ListenAndServe(addr, nil) }() // net/http/pprof's handlers
 	}
 	cfg := config.Default()
 	cfg.Proxy.Listen = os.Getenv(ovhListenEnv)

@@ -34,8 +34,27 @@ type Sink interface {
 	Submit(r *recorder.Request) bool
 }
 
+// Observer sees every finished request, on the request's own goroutine,
+// before the record goes to the sink. It must be fast and must not block
+// (metrics, live dashboards); it must not keep or modify the record.
+type Observer interface {
+	Observe(o *Observation)
+}
+
+// Observation is what an Observer gets for one finished request.
+type Observation struct {
+	// Record is the request's record (read-only).
+	Record *recorder.Request
+	// FirstTokenSentNS is when the first content chunk had been written to
+	// the client (0 when none was); minus Record.FirstTokenNS it is the
+	// time the proxy added to TTFT.
+	FirstTokenSentNS int64
+}
+
 // Options configure a Proxy.
 type Options struct {
+	// Observer, when set, sees every finished request (metrics).
+	Observer Observer
 	// Config holds the proxy settings and the backends.
 	Config *config.Config
 	// Sink receives one record per request; nil discards them.
@@ -60,6 +79,7 @@ const (
 type Proxy struct {
 	cfg       *config.Config
 	sink      Sink
+	observer  Observer
 	log       *zap.Logger
 	run       string
 	bodies    bool
@@ -98,7 +118,7 @@ func New(opts Options) (*Proxy, error) {
 		log = zap.NewNop()
 	}
 	p := &Proxy{
-		cfg: cfg, sink: opts.Sink, log: log, run: opts.Run, bodies: opts.StoreBodies,
+		cfg: cfg, sink: opts.Sink, observer: opts.Observer, log: log, run: opts.Run, bodies: opts.StoreBodies,
 		byName:     map[string]*upstream{},
 		active:     map[*upConn]struct{}{},
 		shutdownCh: make(chan struct{}),
@@ -276,7 +296,12 @@ func (p *Proxy) newRecord(ctx *fasthttp.RequestCtx, start int64) *recorder.Reque
 }
 
 // finish hands a record to the sink and, at debug level only, logs it.
-func (p *Proxy) finish(rec *recorder.Request) {
+func (p *Proxy) finish(rec *recorder.Request) { p.finishObserved(rec, 0) }
+
+func (p *Proxy) finishObserved(rec *recorder.Request, firstSentNS int64) {
+	if p.observer != nil {
+		p.observer.Observe(&Observation{Record: rec, FirstTokenSentNS: firstSentNS})
+	}
 	if p.sink != nil {
 		p.sink.Submit(rec)
 	}
@@ -431,6 +456,9 @@ type exchange struct {
 	started  atomic.Bool // the body has been pumped or closed: record once
 	pr       *io.PipeReader
 	pair     *pair // set when the request is mirrored
+	// firstSent is when the write carrying the first content chunk to the
+	// client returned (for the proxy's added-latency metric)
+	firstSent int64
 }
 
 // roundTrip sends the request and reads the response header. A pooled
@@ -667,7 +695,7 @@ func (x *exchange) done() {
 			return // the pair submits the shadow's record
 		}
 	}
-	x.p.finish(rec)
+	x.p.finishObserved(rec, x.firstSent)
 }
 
 // The exchange is the response body stream handed to fasthttp. Because it
@@ -761,6 +789,9 @@ func (x *exchange) pump(w io.Writer) (int64, error) {
 		if len(out) > 0 { // an empty write would end the chunked body
 			m, e := w.Write(out)
 			written += int64(m)
+			if x.firstSent == 0 && rec.FirstTokenNS != 0 {
+				x.firstSent = now()
+			}
 			if e != nil {
 				werr = e
 				rec.Error = ErrClientCancelled

@@ -79,6 +79,8 @@ func (rw *rewriter) render(body []byte, cr clientRequest, backendModel string) [
 	// may have changed it in v
 	if model := cmp.Or(backendModel, cr.model); model != "" {
 		v.Set("model", rw.arena.NewString(model))
+	} else {
+		v.Del("model")
 	}
 	if addUsage {
 		so := v.Get("stream_options")

@@ -3,6 +3,8 @@ package proxy
 import (
 	"bytes"
 	"testing"
+
+	"github.com/valyala/fastjson"
 )
 
 func TestEventBufferSplitsAcrossReads(t *testing.T) {
@@ -183,4 +185,41 @@ func splitAll(stream []byte, cut int) []string {
 		out = append(out, "PENDING:"+string(p))
 	}
 	return out
+}
+
+// FuzzRewrite: whatever the client sends, the proxy either refuses it as
+// bad JSON or sends upstream valid JSON with the backend's model and, for
+// streams, include_usage set.
+func FuzzRewrite(f *testing.F) {
+	f.Add([]byte(`{"model":"a","stream":true,"messages":[{"role":"user","content":"hi"}]}`))
+	f.Add([]byte(`{"model":"b","stream":true,"stream_options":{"include_usage":false}}`))
+	f.Add([]byte(`{"stream":true,"stream_options":7,"prompt":["x"]}`))
+	f.Add([]byte(`{"model":"\u00e9\ud83d\ude00","stream":false}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var rw rewriter
+		cr, err := rw.parse(body, true)
+		if err != nil {
+			return
+		}
+		for _, model := range []string{"backend-a", "", "backend-b"} {
+			out := rw.render(body, cr, model)
+			var p fastjson.Parser
+			v, err := p.ParseBytes(out)
+			if err != nil {
+				t.Fatalf("render produced invalid JSON %q from %q: %v", out, body, err)
+			}
+			want := model
+			if want == "" {
+				want = cr.model
+			}
+			if got := string(v.GetStringBytes("model")); got != want && !(want == "" && v.Get("model") == nil) {
+				if !sameSlice(out, body) || cr.model != want {
+					t.Fatalf("model %q, want %q (body %q -> %q)", got, want, body, out)
+				}
+			}
+			if cr.stream && !v.GetBool("stream_options", "include_usage") {
+				t.Fatalf("stream without include_usage upstream: %q", out)
+			}
+		}
+	})
 }
