@@ -160,7 +160,7 @@ func (p *Proxy) runShadow(pr *pair, rec *recorder.Request, up *upstream, req *fa
 		rec.Error = ErrUpstreamStatus
 	}
 	x.conn = c
-	x.body, x.reusable = bodyReader(c, &h)
+	x.body, x.reusable = bodyReader(c, &h, false)
 	if bytes.HasPrefix(h.ContentType(), ctEventStream) {
 		_, _ = x.pump(io.Discard)
 		return

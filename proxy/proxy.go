@@ -542,7 +542,7 @@ func (p *Proxy) forward(ctx *fasthttp.RequestCtx, rec *recorder.Request, up *ups
 	resp.Header.Set(HeaderBackend, up.name)
 
 	x.conn = c
-	x.body, x.reusable = bodyReader(c, &h)
+	x.body, x.reusable = bodyReader(c, &h, ctx.IsHead())
 	if bytes.HasPrefix(h.ContentType(), ctEventStream) {
 		// headers go out now, as the backend sent them before the first token
 		resp.ImmediateHeaderFlush = true

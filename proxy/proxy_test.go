@@ -392,3 +392,51 @@ func TestCredentials(t *testing.T) {
 		t.Fatalf("backend key not used: %q", got)
 	}
 }
+
+// TestNoBodyStatuses checks that a 204 from the backend (no body, no
+// Content-Length) is answered at once and the connection reused, instead
+// of waiting for a body that never comes.
+func TestNoBodyStatuses(t *testing.T) {
+	conns := make(chan struct{}, 10)
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns <- struct{}{}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					if _, err := http.ReadRequest(br); err != nil {
+						return
+					}
+					io.WriteString(c, "HTTP/1.1 204 No Content\r\n\r\n")
+				}
+			}()
+		}
+	}()
+	px, _, sink := startProxy(t, func(c *config.Config) { c.Proxy.IdleTimeout.Duration = 5 * time.Second },
+		config.Backend{Name: "b", URL: "http://" + ln.Addr().String()})
+	for i := 0; i < 3; i++ {
+		start := time.Now()
+		req, _ := http.NewRequest("DELETE", px+"/v1/files/x", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 204 || time.Since(start) > time.Second {
+			t.Fatalf("status %d after %v", resp.StatusCode, time.Since(start))
+		}
+		if r := sink.wait(t); r.Status != 204 || r.Error != "" {
+			t.Fatalf("record %+v", r)
+		}
+	}
+	if len(conns) != 1 {
+		t.Fatalf("%d upstream connections for 3 requests, want 1 (reused)", len(conns))
+	}
+}

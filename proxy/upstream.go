@@ -253,8 +253,11 @@ func itoa(n int) string {
 
 // bodyReader returns a reader for the response body framed by h, and
 // whether the connection can be reused once that reader hits io.EOF.
-func bodyReader(c *upConn, h *fasthttp.ResponseHeader) (io.Reader, bool) {
+func bodyReader(c *upConn, h *fasthttp.ResponseHeader, head bool) (io.Reader, bool) {
 	reusable := !h.ConnectionClose()
+	if st := h.StatusCode(); head || st == 204 || st == 304 || (st >= 100 && st < 200) {
+		return eofReader{}, reusable // these responses never have a body (RFC 9112 §6.3)
+	}
 	switch n := h.ContentLength(); {
 	case n >= 0:
 		return io.LimitReader(c.br, int64(n)), reusable
@@ -264,6 +267,10 @@ func bodyReader(c *upConn, h *fasthttp.ResponseHeader) (io.Reader, bool) {
 		return c.br, false
 	}
 }
+
+type eofReader struct{}
+
+func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
 
 // chunkedBody consumes the trailer section after the last chunk so the
 // connection is positioned at the next response when it returns to the pool.
