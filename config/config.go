@@ -30,6 +30,31 @@ type Config struct {
 	Log Log `toml:"log"`
 	// Route decides which backend serves each request, and mirroring.
 	Route Route `toml:"route"`
+	// Admin is the control plane: metrics, JSON API and dashboard.
+	Admin Admin `toml:"admin"`
+}
+
+// DefaultAdminListen is where the admin server listens unless [admin]
+// listen says otherwise.
+const DefaultAdminListen = "127.0.0.1:8081"
+
+// AdminTokenEnv names the environment variable that supplies the admin
+// token when [admin] token is not set.
+const AdminTokenEnv = "ABPROXY_ADMIN_TOKEN"
+
+// Admin is the [admin] section: the control plane listener (Prometheus
+// /metrics, the JSON API and the live dashboard), apart from the data plane.
+type Admin struct {
+	// Listen is the admin host:port; "" disables the admin server.
+	// Default DefaultAdminListen (loopback).
+	Listen string `toml:"listen"`
+	// Token, when set, is required as "Authorization: Bearer TOKEN" on every
+	// admin endpoint. Required when Listen is not a loopback address.
+	// Falls back to the ABPROXY_ADMIN_TOKEN environment variable.
+	Token string `toml:"token"`
+	// ScrapeInterval is how often each backend's /metrics (vLLM) is
+	// scraped and stored; default 5s, negative disables scraping.
+	ScrapeInterval Duration `toml:"scrape_interval"`
 }
 
 // Route is the [route] section; SIGHUP reloads it without dropping streams.
@@ -129,7 +154,7 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil
 // Default returns the configuration used when no file is given: one
 // simulated baseline backend on the port the reference study used.
 func Default() *Config {
-	c := &Config{}
+	c := &Config{Admin: Admin{Listen: DefaultAdminListen}}
 	c.setDefaults()
 	return c
 }
@@ -165,6 +190,12 @@ func (c *Config) setDefaults() {
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
 	}
+	if c.Admin.Token == "" {
+		c.Admin.Token = os.Getenv(AdminTokenEnv)
+	}
+	if c.Admin.ScrapeInterval.Duration == 0 {
+		c.Admin.ScrapeInterval.Duration = 5 * time.Second
+	}
 	if c.Log.Format == "" {
 		c.Log.Format = "console"
 	}
@@ -182,7 +213,9 @@ func Load(path string) (*Config, error) {
 
 // Parse is Load on bytes already read; name is used in messages.
 func Parse(name string, b []byte) (*Config, error) {
-	c := &Config{}
+	// Admin.Listen is pre-set so that an explicit listen = "" (disabled)
+	// stays distinguishable from a missing key (the default).
+	c := &Config{Admin: Admin{Listen: DefaultAdminListen}}
 	dec := toml.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(c); err != nil {
@@ -224,6 +257,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Recorder.QueueSize < 0 {
 		return fmt.Errorf("recorder.queue_size must be positive")
+	}
+	if err := c.Admin.validate(); err != nil {
+		return err
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
@@ -274,4 +310,31 @@ func (c *Config) BackendNames() []string {
 		out[i] = b.Name
 	}
 	return out
+}
+
+// validate checks the admin listener: a host:port, and a token whenever
+// the address is reachable from other machines.
+func (a Admin) validate() error {
+	if a.Listen == "" {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(a.Listen)
+	if err != nil {
+		return fmt.Errorf("admin.listen %q is not host:port", a.Listen)
+	}
+	if a.Token == "" && !IsLoopback(host) {
+		return fmt.Errorf("admin.listen %q is not a loopback address, so admin.token (or %s) must be set", a.Listen, AdminTokenEnv)
+	}
+	return nil
+}
+
+// IsLoopback reports whether host (a name or IP, no port) only accepts
+// connections from this machine: "localhost" or a loopback IP. An empty
+// host (all interfaces) is not loopback.
+func IsLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(strings.Trim(host, "[]"))
+	return ip != nil && ip.IsLoopback()
 }

@@ -68,3 +68,31 @@ func unwrapAll(err error) error {
 		err = u.Unwrap()
 	}
 }
+
+func TestAdminSection(t *testing.T) {
+	t.Setenv(AdminTokenEnv, "")
+	c, err := Parse("x.toml", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Admin.Listen != DefaultAdminListen || c.Admin.ScrapeInterval.Duration != 5*time.Second {
+		t.Fatalf("admin defaults = %+v", c.Admin)
+	}
+	if c, err = Parse("x.toml", []byte("[admin]\nlisten = ''\n")); err != nil || c.Admin.Listen != "" {
+		t.Fatalf("explicit empty listen: %+v, %v", c, err)
+	}
+	_, err = Parse("x.toml", []byte("[admin]\nlisten = '0.0.0.0:8081'\n"))
+	if err == nil || !strings.Contains(err.Error(), "admin.token") {
+		t.Fatalf("non-loopback without token: err = %v", err)
+	}
+	for _, in := range []string{"[admin]\nlisten = '0.0.0.0:8081'\ntoken = 's'\n", "[admin]\nlisten = '[::1]:8081'\n", "[admin]\nlisten = 'localhost:8081'\n"} {
+		if _, err := Parse("x.toml", []byte(in)); err != nil {
+			t.Errorf("Parse(%q): %v", in, err)
+		}
+	}
+	t.Setenv(AdminTokenEnv, "from-env")
+	c, err = Parse("x.toml", []byte("[admin]\nlisten = ':8081'\n"))
+	if err != nil || c.Admin.Token != "from-env" {
+		t.Fatalf("token from env: %+v, %v", c, err)
+	}
+}

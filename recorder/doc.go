@@ -29,6 +29,9 @@
 //     datetime(start_ns / 1e9, 'unixepoch').
 //   - bodies: prompt and output text, written only when store_bodies is on;
 //     join with requests on bodies.request_id = requests.id.
+//   - backend_metrics: samples scraped from each backend's Prometheus
+//     /metrics (vLLM server state), written with WriteBackendMetrics; labels
+//     is a JSON object, histograms are flattened to _bucket/_sum/_count.
 //   - request_timings (a view): TTFT, E2E and TPOT in milliseconds per
 //     request, with the definitions of DESIGN.md, for quick SQL exploration.
 //     The report computes the same numbers in Go.

@@ -100,10 +100,21 @@ ALTER TABLE requests ADD COLUMN output_identical     INTEGER; -- shadow: 1 when 
 ALTER TABLE requests ADD COLUMN common_prefix_chars  INTEGER; -- shadow: common prefix with the primary's output, in characters
 ALTER TABLE requests ADD COLUMN common_prefix_tokens INTEGER; -- shadow: leading chunks (tokens) with equal text; NULL when not streamed
 `,
+	// 3: server-side metrics scraped from each backend's Prometheus /metrics.
+	`
+CREATE TABLE backend_metrics (
+	backend TEXT    NOT NULL, -- backend name from the configuration
+	ts_ns   INTEGER NOT NULL, -- scrape time, Unix ns
+	name    TEXT    NOT NULL, -- series name as exposed, e.g. vllm:num_requests_running, vllm:time_to_first_token_seconds_bucket
+	labels  TEXT    NOT NULL, -- JSON object of the series' labels, keys sorted, e.g. {"le":"0.1","model_name":"m"}
+	value   REAL    NOT NULL
+);
+CREATE INDEX backend_metrics_series ON backend_metrics(backend, name, ts_ns);
+`,
 }
 
 // SchemaVersion is the schema version this build writes and reads.
-const SchemaVersion = 2
+const SchemaVersion = 3
 
 func init() {
 	if len(migrations) != SchemaVersion {

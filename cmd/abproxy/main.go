@@ -48,7 +48,7 @@ and reports the comparison.`,
 		SilenceErrors: true,
 		Version:       version,
 	}
-	root.AddCommand(newServeCmd(), newSimCmd(), newDemoCmd(), newLaunchCmd(), newDownCmd(), newStatusCmd())
+	root.AddCommand(newServeCmd(), newSimCmd(), newDemoCmd(), newLaunchCmd(), newDownCmd(), newStatusCmd(), newBenchCmd(), newReportCmd())
 	return root
 }
 

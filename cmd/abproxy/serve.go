@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
+	"github.com/abproxy/abproxy/admin"
 	"github.com/abproxy/abproxy/config"
 	"github.com/abproxy/abproxy/proxy"
 	"github.com/abproxy/abproxy/recorder"
@@ -28,6 +29,7 @@ type serveFlags struct {
 	backends    []string
 	run         string
 	storeBodies bool
+	adminListen string
 }
 
 func newServeCmd() *cobra.Command {
@@ -53,6 +55,7 @@ and exit 0.`,
 	cmd.Flags().StringArrayVar(&f.backends, "backend", nil, "backend as NAME=URL[,model=NAME]; repeatable; replaces the config's backends")
 	cmd.Flags().StringVar(&f.run, "run", "", "run name for requests without X-ABProxy-Run (default serve-YYYYMMDD-HHMMSS)")
 	cmd.Flags().BoolVar(&f.storeBodies, "store-bodies", false, "store prompts and outputs, not only their hashes")
+	cmd.Flags().StringVar(&f.adminListen, "admin-listen", "", `admin (metrics, API, dashboard) address, overrides admin.listen; "off" disables it`)
 	f.logFlags.register(cmd)
 	return cmd
 }
@@ -109,6 +112,12 @@ func runServe(ctx context.Context, f *serveFlags) error {
 	if f.storeBodies {
 		cfg.Recorder.StoreBodies = true
 	}
+	if f.adminListen != "" {
+		cfg.Admin.Listen = f.adminListen
+		if cfg.Admin.Listen == "off" {
+			cfg.Admin.Listen = ""
+		}
+	}
 	if len(f.backends) > 0 {
 		cfg.Backends = nil
 		for _, s := range f.backends {
@@ -153,13 +162,21 @@ func runServe(ctx context.Context, f *serveFlags) error {
 		rec.Close()
 		return err
 	}
-	p, err := proxy.New(proxy.Options{Config: cfg, Sink: rec, Logger: log.Named("proxy"), Run: runName, StoreBodies: cfg.Recorder.StoreBodies})
+	metrics := admin.NewMetrics(cfg.BackendNames())
+	p, err := proxy.New(proxy.Options{Config: cfg, Sink: rec, Logger: log.Named("proxy"), Run: runName, StoreBodies: cfg.Recorder.StoreBodies,
+		Observer: metrics})
+	if err != nil {
+		rec.Close()
+		return err
+	}
+	stopAdmin, err := startAdmin(log, cfg, rec, p, metrics)
 	if err != nil {
 		rec.Close()
 		return err
 	}
 	ln, err := net.Listen("tcp", cfg.Proxy.Listen)
 	if err != nil {
+		stopAdmin()
 		rec.Close()
 		return fmt.Errorf("listen on %s: %w", cfg.Proxy.Listen, err)
 	}
@@ -194,6 +211,7 @@ wait:
 	if derr := p.Shutdown(dctx); derr != nil {
 		log.Warn("shutdown", zap.Error(derr))
 	}
+	stopAdmin()
 	if eerr := rec.EndRun(runName, time.Now().UnixNano()); eerr != nil {
 		log.Warn("end run", zap.Error(eerr))
 	}
@@ -254,4 +272,65 @@ func redactBackends(bs []config.Backend) []map[string]any {
 		out[i] = map[string]any{"name": b.Name, "url": b.URL, "model": b.Model, "api_key_set": b.APIKey != ""}
 	}
 	return out
+}
+
+// --- control plane wiring (admin package) ---
+
+// startAdmin starts the backend metrics scraper (admin.scrape_interval) and,
+// when admin.listen is set, the admin server: Prometheus /metrics, the JSON
+// API and the live dashboard. The returned func stops both; call it after
+// the proxy has drained and before the recorder closes.
+func startAdmin(log *zap.Logger, cfg *config.Config, rec *recorder.Recorder, p *proxy.Proxy, m *admin.Metrics) (func(), error) {
+	m.WatchProxy(p.Stats)
+	m.WatchRecorder(rec.Stats)
+	ctx, cancel := context.WithCancel(context.Background())
+	scraped := make(chan struct{})
+	if iv := cfg.Admin.ScrapeInterval.Duration; iv > 0 {
+		sc := &admin.Scraper{Interval: iv, Store: rec.WriteBackendMetrics, Metrics: m, Logger: log.Named("scraper")}
+		for _, b := range cfg.Backends {
+			sc.Targets = append(sc.Targets, admin.ScrapeTarget{Backend: b.Name, URL: strings.TrimRight(b.URL, "/") + "/metrics"})
+		}
+		go func() { defer close(scraped); sc.Run(ctx) }()
+	} else {
+		close(scraped)
+	}
+	if cfg.Admin.Listen == "" {
+		return func() { cancel(); <-scraped }, nil
+	}
+	srv, err := admin.New(admin.Options{Metrics: m, Token: cfg.Admin.Token, DB: rec.DB(), DBPath: cfg.Recorder.Path, Logger: log.Named("admin")})
+	if err != nil {
+		cancel()
+		<-scraped
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.Admin.Listen)
+	if err != nil && cfg.Admin.Listen == config.DefaultAdminListen {
+		// only the default address: a second serve on this machine still runs
+		log.Warn("admin server disabled: its default address is taken; set [admin] listen or --admin-listen",
+			zap.String("listen", cfg.Admin.Listen), zap.Error(err))
+		return func() { cancel(); <-scraped }, nil
+	}
+	if err != nil {
+		cancel()
+		<-scraped
+		return nil, fmt.Errorf("admin: listen on %s: %w", cfg.Admin.Listen, err)
+	}
+	log.Info("admin serving", zap.String("listen", ln.Addr().String()), zap.Bool("token", cfg.Admin.Token != ""))
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		if err := srv.Serve(ln); err != nil {
+			log.Error("admin server stopped", zap.Error(err))
+		}
+	}()
+	return func() {
+		cancel()
+		sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer scancel()
+		if err := srv.Shutdown(sctx); err != nil {
+			log.Warn("admin shutdown", zap.Error(err))
+		}
+		<-served
+		<-scraped
+	}, nil
 }

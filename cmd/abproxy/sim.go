@@ -12,16 +12,18 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/abproxy/abproxy/sim"
+	"github.com/abproxy/abproxy/tokenizer"
 )
 
 type simFlags struct {
 	logFlags
-	listen  string
-	profile string
-	model   string
-	seed    int64
-	speedup float64
-	truth   string
+	listen    string
+	profile   string
+	model     string
+	seed      int64
+	speedup   float64
+	truth     string
+	tokenizer string
 }
 
 func newSimCmd() *cobra.Command {
@@ -48,6 +50,7 @@ can set every parameter of the timing model.`,
 	fl.Int64Var(&f.seed, "seed", 0, "seed for output text and timing jitter")
 	fl.Float64Var(&f.speedup, "speedup", 1, "divide every simulated duration by this factor")
 	fl.StringVar(&f.truth, "truth", "", "write one JSON line per request with the sim's own timestamps to this file")
+	fl.StringVar(&f.tokenizer, "tokenizer", "", "model directory (tokenizer.json, or vocab.json + merges.txt): count prompt tokens exactly, chat template included, as vLLM does")
 	f.logFlags.register(cmd)
 	return cmd
 }
@@ -66,6 +69,13 @@ func runSim(f *simFlags) error {
 		return err
 	}
 	opts := sim.Options{Profile: prof, Model: f.model, Seed: f.seed, Speedup: f.speedup, Logger: log.Named("sim")}
+	if f.tokenizer != "" {
+		tok, err := tokenizer.Load(f.tokenizer)
+		if err != nil {
+			return fmt.Errorf("--tokenizer: %w", err)
+		}
+		opts.CountPrompt = promptCounter(tok)
+	}
 	var truthFile *os.File
 	var truthBuf *bufio.Writer
 	if f.truth != "" {
@@ -105,4 +115,20 @@ func runSim(f *simFlags) error {
 		return err
 	}
 	return cerr
+}
+
+// promptCounter counts prompt tokens as vLLM does: a chat request's
+// messages rendered with the chat template and the generation prompt, a
+// completion's prompt as is.
+func promptCounter(tok *tokenizer.Tokenizer) func([]sim.Message, string) int {
+	return func(msgs []sim.Message, prompt string) int {
+		if msgs == nil {
+			return tok.Count(prompt)
+		}
+		tm := make([]tokenizer.Message, len(msgs))
+		for i, m := range msgs {
+			tm[i] = tokenizer.Message{Role: m.Role, Content: m.Content}
+		}
+		return tok.CountChat(tm)
+	}
 }
