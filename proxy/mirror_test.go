@@ -130,7 +130,7 @@ func TestCompareOutputs(t *testing.T) {
 }
 
 // stallBackend accepts requests and never answers them.
-func stallBackend(t *testing.T) (string, func() int) {
+func stallBackend(t testing.TB) (string, func() int) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

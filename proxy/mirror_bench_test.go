@@ -1,0 +1,115 @@
+package proxy
+
+import (
+	"io"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/abproxy/abproxy/config"
+)
+
+// BenchmarkMirrorStalledShadow measures what a shadow that never answers
+// costs the client: the same closed-loop load (16 streams) through a proxy
+// without mirroring and through one mirroring every request to a stalled
+// shadow, alternating in rounds within one run so drift hits both alike.
+// It reports client TTFT and E2E p99 for each and their ratio; the target
+// is a ratio within 1.05.
+func BenchmarkMirrorStalledShadow(b *testing.B) {
+	primary := startSimSeed(b, 1)
+	stall, _ := stallBackend(b)
+	pxOff, _, sinkOff := startProxy(b, nil, config.Backend{Name: "a", URL: primary}, config.Backend{Name: "s", URL: stall})
+	pxOn, _, sinkOn := startProxy(b, func(c *config.Config) {
+		mirrorRoute("a", "s")(c)
+		c.Route.ShadowTimeout.Duration = time.Hour
+		c.Route.MaxShadowInflight = 1 << 20
+	}, config.Backend{Name: "a", URL: primary}, config.Backend{Name: "s", URL: stall})
+	var recTTFT [2][]float64
+	var recMu sync.Mutex
+	collectTTFT := func(arm int, s *memSink) {
+		for r := range s.ch {
+			if r.Role == "primary" && r.FirstTokenNS > 0 {
+				recMu.Lock()
+				recTTFT[arm] = append(recTTFT[arm], float64(r.FirstTokenNS-r.StartNS)/1e6)
+				recMu.Unlock()
+			}
+		}
+	}
+	go collectTTFT(0, sinkOff)
+	go collectTTFT(1, sinkOn)
+	const streams, perRound = 16, 160
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	var ttft, e2e [2][]float64
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for round := 0; round < 4; round++ {
+			for arm, px := range []string{pxOff, pxOn} {
+				t, e := closedLoop(b, client, px, streams, perRound)
+				ttft[arm] = append(ttft[arm], t...)
+				e2e[arm] = append(e2e[arm], e...)
+			}
+		}
+	}
+	b.StopTimer()
+	p99 := func(v []float64) float64 { sort.Float64s(v); return v[len(v)*99/100] }
+	tOff, tOn, eOff, eOn := p99(ttft[0]), p99(ttft[1]), p99(e2e[0]), p99(e2e[1])
+	b.ReportMetric(tOff, "ttft_p99_ms_off")
+	b.ReportMetric(tOn, "ttft_p99_ms_mirrored")
+	b.ReportMetric(eOff, "e2e_p99_ms_off")
+	b.ReportMetric(eOn, "e2e_p99_ms_mirrored")
+	b.ReportMetric(eOn/eOff, "e2e_p99_ratio")
+	b.ReportMetric(tOn/tOff, "ttft_p99_ratio")
+	recMu.Lock()
+	b.Logf("recorded at the proxy: TTFT p99 %.2f ms off, %.2f ms mirrored", p99(recTTFT[0]), p99(recTTFT[1]))
+	recMu.Unlock()
+	b.Logf("%d requests per arm: TTFT p99 %.2f ms off, %.2f ms with a stalled shadow; E2E p99 %.2f / %.2f ms (ratio %.3f)",
+		len(e2e[0]), tOff, tOn, eOff, eOn, eOn/eOff)
+}
+
+// closedLoop runs n requests with the given concurrency and returns the
+// client-side TTFT (first body byte) and E2E in ms.
+func closedLoop(tb testing.TB, client *http.Client, px string, conc, n int) (ttft, e2e []float64) {
+	var mu sync.Mutex
+	jobs := make(chan int)
+	var wg sync.WaitGroup
+	for w := 0; w < conc; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 4096)
+			for i := range jobs {
+				body := `{"model":"Qwen/Qwen2.5-14B-Instruct","messages":[{"role":"user","content":"r` + strings.Repeat("z", i%50) + `"}],"max_tokens":32,"ignore_eos":true,"stream":true}`
+				start := time.Now()
+				resp, err := client.Post(px+"/v1/chat/completions", "application/json", strings.NewReader(body))
+				if err != nil {
+					tb.Error(err)
+					return
+				}
+				_, err = resp.Body.Read(buf)
+				first := time.Since(start)
+				if err == nil {
+					_, err = io.Copy(io.Discard, resp.Body)
+				}
+				resp.Body.Close()
+				end := time.Since(start)
+				if err != nil && err != io.EOF {
+					tb.Error(err)
+					return
+				}
+				mu.Lock()
+				ttft = append(ttft, float64(first)/1e6)
+				e2e = append(e2e, float64(end)/1e6)
+				mu.Unlock()
+			}
+		}()
+	}
+	for i := 0; i < n; i++ {
+		jobs <- i
+	}
+	close(jobs)
+	wg.Wait()
+	return ttft, e2e
+}
