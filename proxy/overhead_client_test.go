@@ -40,11 +40,12 @@ type ovhConn struct {
 // ovhResult is what the client measured for one streamed request, in Unix
 // nanoseconds.
 type ovhResult struct {
-	sendNS  int64  // just before the request was written
-	firstNS int64  // first event with non-empty delta content arrived
-	endNS   int64  // the terminating zero-length chunk arrived
-	chunks  int    // content-bearing events received
-	id      string // X-Request-Id of the response (the sim's truth key)
+	sendNS   int64  // just before the request was written
+	firstNS  int64  // first event with non-empty delta content arrived
+	endNS    int64  // the terminating zero-length chunk arrived
+	chunks   int    // content-bearing events received
+	answered bool   // a status line came back: the server saw the request
+	id       string // X-Request-Id of the response (the sim's truth key)
 }
 
 func ovhDial(addr string) (*ovhConn, error) {
@@ -166,6 +167,7 @@ func (c *ovhConn) do(req []byte) (ovhResult, error) {
 		return res, fmt.Errorf("bad status line %q", status)
 	}
 	code, _ := strconv.Atoi(string(status[9:12]))
+	res.answered = true
 	chunked := false
 	for {
 		h, err := c.line()

@@ -121,6 +121,7 @@ type ovhProc struct {
 	pids   []int // processes whose CPU and RSS count (nginx: master and workers)
 	stdout bytes.Buffer
 	dir    string
+	db     string // abproxy's SQLite file
 }
 
 // ovhFreeAddr returns a free loopback address.
@@ -140,6 +141,9 @@ func ovhStartAbproxy(b *testing.B, dir, backendURL, cpuProfile string) (*ovhProc
 		return nil, err
 	}
 	db := filepath.Join(dir, "abproxy.db")
+	if keep := os.Getenv("ABPROXY_OVERHEAD_KEEPDB"); keep != "" {
+		db = keep // keep abproxy's records after the run, to query them
+	}
 	var cmd *exec.Cmd
 	if bin := os.Getenv("ABPROXY_OVERHEAD_BIN"); bin != "" {
 		cmd = exec.Command(bin, "serve", "--backend", "sim="+backendURL, "--listen", addr, "--db", db, "--run", "overhead")
@@ -155,8 +159,11 @@ func ovhStartAbproxy(b *testing.B, dir, backendURL, cpuProfile string) (*ovhProc
 			cmd.Env = append(cmd.Env, ovhProfileEnv+"="+cpuProfile)
 		}
 	}
+	if extra := os.Getenv("ABPROXY_OVERHEAD_CHILD_ENV"); extra != "" {
+		cmd.Env = append(cmd.Env, strings.Split(extra, ",")...) // e.g. GOMAXPROCS=1,GOGC=200
+	}
 	cmd.Dir = dir // no stray ./config.toml is picked up
-	p := &ovhProc{name: "abproxy", addr: addr, cmd: cmd, dir: dir}
+	p := &ovhProc{name: "abproxy", addr: addr, cmd: cmd, dir: dir, db: db}
 	cmd.Stdout = &p.stdout
 	logf, err := os.Create(filepath.Join(dir, "abproxy.log"))
 	if err != nil {

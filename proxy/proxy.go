@@ -755,9 +755,18 @@ func (x *exchange) pump(w io.Writer) (int64, error) {
 	}
 	var written int64
 	var werr error
+	empty := 0
 	for {
 		n, err := x.body.Read(buf)
 		t := x.conn.readTime()
+		if n == 0 && err == nil {
+			// a reader that returns nothing forever would spin a core
+			if empty++; empty > 100 {
+				err = io.ErrNoProgress
+			}
+		} else {
+			empty = 0
+		}
 		out = out[:0]
 		if n > 0 {
 			events.feed(buf[:n])
