@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -13,12 +12,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/valyala/fastjson"
 
+	"github.com/abproxy/abproxy/internal/reqid"
 	"github.com/abproxy/abproxy/tokenizer"
 )
 
@@ -81,7 +80,7 @@ type Bench struct {
 	store     *store
 	server    string // GET /version of a direct target
 	prefix    string
-	ids       idGen
+	ids       reqid.Gen
 	out, prog io.Writer
 }
 
@@ -104,7 +103,7 @@ func New(ctx context.Context, cfg Config, opts Options) (*Bench, error) {
 		sc, _ := ParseScenario(s)
 		b.scenarios = append(b.scenarios, sc)
 	}
-	b.ids.init()
+	b.ids.Init()
 	b.prefix = cfg.RunName
 	if b.prefix == "" {
 		b.prefix = "bench-" + time.Now().Format("20060102-150405")
@@ -398,30 +397,6 @@ func (b *Bench) Backends() []string {
 		out[i] = a.backend
 	}
 	return out
-}
-
-// idGen makes request ids: a random per-process prefix and a counter.
-type idGen struct {
-	prefix [16]byte
-	n      atomic.Uint64
-}
-
-func (g *idGen) init() {
-	var r [8]byte
-	_, _ = rand.Read(r[:])
-	hex.Encode(g.prefix[:], r[:])
-}
-
-func (g *idGen) next() string {
-	var b [32]byte
-	copy(b[:16], g.prefix[:])
-	n := g.n.Add(1)
-	const digits = "0123456789abcdef"
-	for i := 31; i >= 16; i-- {
-		b[i] = digits[n&15]
-		n >>= 4
-	}
-	return string(b[:])
 }
 
 // cpuTime is the process's user+system CPU time.

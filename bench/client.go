@@ -12,7 +12,6 @@ import (
 	"hash"
 	"io"
 	"net"
-	"net/http/httputil"
 	"net/url"
 	"os"
 	"strconv"
@@ -24,6 +23,8 @@ import (
 
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fastjson"
+
+	"github.com/abproxy/abproxy/internal/wire"
 )
 
 // The client is a small HTTP/1.1 client of its own over pooled connections,
@@ -113,9 +114,9 @@ func newEndpoint(base, apiKey, userAgent string, idleTimeout time.Duration) (*en
 // update, so it is moved only once a quarter of idleTO has passed; a silent
 // server is then caught after between idleTO and 1.25·idleTO.
 type conn struct {
-	nc       net.Conn   // the connection (TLS or TCP): deadlines, writes, Close
-	rd       io.Reader  // what reads go through: nc, or the stamped TCP conn
-	stamp    *stampConn // kernel receive times; nil when unavailable
+	nc       net.Conn     // the connection (TLS or TCP): deadlines, writes, Close
+	rd       io.Reader    // what reads go through: nc, or the stamped TCP conn
+	stamp    *wire.RxConn // kernel receive times; nil when unavailable
 	br       *bufio.Reader
 	idleTO   time.Duration
 	armed    int64 // Unix ns when the read deadline was last set; 0 none
@@ -139,7 +140,7 @@ func (c *conn) Read(p []byte) (int, error) {
 func (c *conn) now() int64 {
 	t := time.Now().UnixNano()
 	if c.stamp != nil {
-		if k := c.stamp.last; k != 0 && k <= t && t-k < int64(time.Minute) {
+		if k := c.stamp.Last; k != 0 && k <= t && t-k < int64(time.Minute) {
 			return k
 		}
 	}
@@ -172,7 +173,7 @@ func (e *endpoint) dial() (*conn, error) {
 	}
 	c := &conn{nc: raw, rd: raw, idleTO: e.idleTO}
 	var under net.Conn = raw
-	if c.stamp = newStampConn(raw); c.stamp != nil {
+	if c.stamp = wire.NewRxConn(raw); c.stamp != nil {
 		under, c.rd = c.stamp, c.stamp
 	}
 	if e.tlsConf != nil {
@@ -353,7 +354,7 @@ func (e *endpoint) roundTrip(ctx context.Context, s *session, cn *conn, c *call,
 			start := 0
 			content := int64(0)
 			for {
-				end := eventEnd(s.buf[start:filled])
+				end := wire.EventEnd(s.buf[start:filled])
 				if end < 0 {
 					break
 				}
@@ -450,38 +451,10 @@ func bodyReader(c *conn, h *fasthttp.ResponseHeader) (io.Reader, bool) {
 	case n >= 0:
 		return io.LimitReader(c.br, int64(n)), reusable
 	case n == -1:
-		return &chunkedBody{r: httputil.NewChunkedReader(c.br), br: c.br}, reusable
+		return wire.NewChunkedBody(c.br), reusable
 	default: // identity: the body ends when the server closes
 		return c.br, false
 	}
-}
-
-// chunkedBody consumes the trailer after the last chunk, so a pooled
-// connection is positioned at the next response.
-type chunkedBody struct {
-	r    io.Reader
-	br   *bufio.Reader
-	done bool
-}
-
-func (b *chunkedBody) Read(p []byte) (int, error) {
-	if b.done {
-		return 0, io.EOF
-	}
-	n, err := b.r.Read(p)
-	if err == io.EOF {
-		for {
-			line, lerr := b.br.ReadSlice('\n')
-			if lerr != nil {
-				return n, lerr
-			}
-			if len(line) <= 2 {
-				break
-			}
-		}
-		b.done = true
-	}
-	return n, err
 }
 
 func readSmall(r io.Reader, limit int64) ([]byte, error) {
@@ -517,62 +490,6 @@ func oneLine(s string) string {
 	return s
 }
 
-// eventEnd returns the length of the first SSE event in p including its
-// blank-line terminator (LF LF, CRLF CRLF or CR CR), or -1.
-func eventEnd(p []byte) int {
-	for i := 0; i < len(p); i++ {
-		switch p[i] {
-		case '\n':
-			if i+1 < len(p) && p[i+1] == '\n' {
-				return i + 2
-			}
-			if i+2 < len(p) && p[i+1] == '\r' && p[i+2] == '\n' {
-				return i + 3
-			}
-		case '\r':
-			if i+1 < len(p) && p[i+1] == '\r' {
-				return i + 2
-			}
-		}
-	}
-	return -1
-}
-
-// eventData returns the payload of an event's data lines; several data
-// lines are joined with "\n" as the SSE spec says (that rare case allocates).
-func eventData(ev []byte) []byte {
-	var data []byte
-	lines := 0
-	for len(ev) > 0 {
-		line := ev
-		ev = nil
-		if i := bytes.IndexAny(line, "\r\n"); i >= 0 {
-			rest := line[i+1:]
-			if line[i] == '\r' && len(rest) > 0 && rest[0] == '\n' {
-				rest = rest[1:]
-			}
-			line, ev = line[:i], rest
-		}
-		if !bytes.HasPrefix(line, []byte("data:")) {
-			continue
-		}
-		v := line[len("data:"):]
-		if len(v) > 0 && v[0] == ' ' {
-			v = v[1:]
-		}
-		lines++
-		if lines == 1 {
-			data = v
-			continue
-		}
-		if lines == 2 {
-			data = append([]byte(nil), data...)
-		}
-		data = append(append(data, '\n'), v...)
-	}
-	return data
-}
-
 type eventKind uint8
 
 const (
@@ -585,7 +502,7 @@ const (
 // event is one whose delta carries non-empty content, reasoning_content or
 // reasoning (the role-only opening chunk is not one).
 func (s *session) event(ev []byte, res *Result, outBytes *int64) eventKind {
-	data := eventData(ev)
+	data := wire.EventData(ev)
 	if data == nil {
 		return evOther
 	}

@@ -10,9 +10,10 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strconv"
-	"unicode/utf8"
 
 	"github.com/valyala/fastjson"
+
+	"github.com/abproxy/abproxy/internal/wire"
 )
 
 // job is one planned request.
@@ -116,7 +117,7 @@ var baseFields = []string{"max_tokens", "temperature", "ignore_eos", "stream", "
 // newBodyBuilder checks the additional parameters (a JSON object; "" for
 // none). system_message is taken as the system message, as in genai-bench.
 func newBodyBuilder(model, additional string) (*bodyBuilder, error) {
-	q := append(appendJSONString([]byte{'"'}, model), '"')
+	q := append(wire.AppendJSONString([]byte{'"'}, model), '"')
 	b := &bodyBuilder{model: q, params: map[string]json.RawMessage{}}
 	if additional != "" {
 		if err := json.Unmarshal([]byte(additional), &b.params); err != nil || b.params == nil {
@@ -156,11 +157,11 @@ func (b *bodyBuilder) build(x string, out int) []byte {
 	buf = append(buf, `,"messages":[`...)
 	if b.system != "" {
 		buf = append(buf, `{"role":"system","content":"`...)
-		buf = appendJSONString(buf, b.system)
+		buf = wire.AppendJSONString(buf, b.system)
 		buf = append(buf, `"},`...)
 	}
 	buf = append(buf, `{"role":"user","content":"`...)
-	buf = appendJSONString(buf, x)
+	buf = wire.AppendJSONString(buf, x)
 	buf = append(buf, `"}]`...)
 	for _, k := range baseFields {
 		if raw, ok := b.params[k]; ok {
@@ -200,50 +201,7 @@ func isNull(raw json.RawMessage) bool { return string(bytes.TrimSpace(raw)) == "
 
 func appendField(buf []byte, k string, raw json.RawMessage) []byte {
 	buf = append(buf, ',', '"')
-	buf = appendJSONString(buf, k)
+	buf = wire.AppendJSONString(buf, k)
 	buf = append(buf, '"', ':')
 	return append(buf, bytes.TrimSpace(raw)...)
-}
-
-// appendJSONString appends s JSON-escaped without quotes: quotes,
-// backslashes and control characters escaped, UTF-8 kept, invalid UTF-8
-// replaced by U+FFFD.
-func appendJSONString(dst []byte, s string) []byte {
-	const hexDigits = "0123456789abcdef"
-	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' {
-				i++
-				continue
-			}
-			dst = append(dst, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				dst = append(dst, '\\', c)
-			case '\n':
-				dst = append(dst, '\\', 'n')
-			case '\r':
-				dst = append(dst, '\\', 'r')
-			case '\t':
-				dst = append(dst, '\\', 't')
-			default:
-				dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, `\ufffd`...)
-			i++
-			start = i
-			continue
-		}
-		i += size
-	}
-	return append(dst, s[start:]...)
 }

@@ -3,12 +3,12 @@ package bench
 import (
 	"context"
 	"fmt"
-	"math"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/abproxy/abproxy/internal/randx"
 	"github.com/abproxy/abproxy/recorder"
 )
 
@@ -402,7 +402,7 @@ func (a *armRun) openLoop(ctx context.Context, t0 time.Time) {
 // send runs one request and keeps its result.
 func (a *armRun) send(ctx context.Context, s *session, j *job, scheduled int64) {
 	res := Result{
-		Index: j.index, Warmup: j.warmup, ID: a.b.ids.next(), Backend: a.arm.backend, ScheduledNS: scheduled,
+		Index: j.index, Warmup: j.warmup, ID: a.b.ids.Next(), Backend: a.arm.backend, ScheduledNS: scheduled,
 		PlannedPrompt: j.planIn, PlannedOutput: j.planOut, Raised: j.raised, Exact: j.exact, PromptSHA256: j.promptSHA,
 	}
 	hint := j.planOut + 2
@@ -488,33 +488,4 @@ func newArrivals(seed int64, key string, rate, burstiness float64) *arrivals {
 }
 
 // next returns the next gap in seconds.
-func (a *arrivals) next() float64 { return gamma(a.r, a.shape) * a.scale }
-
-// gamma draws from Gamma(shape, 1) by Marsaglia and Tsang's method, with
-// the usual boost for shape < 1.
-func gamma(r *rand.Rand, shape float64) float64 {
-	if shape == 1 {
-		return r.ExpFloat64()
-	}
-	if shape < 1 {
-		u := r.Float64()
-		for u == 0 {
-			u = r.Float64()
-		}
-		return gamma(r, shape+1) * math.Pow(u, 1/shape)
-	}
-	d := shape - 1.0/3
-	c := 1 / math.Sqrt(9*d)
-	for {
-		x := r.NormFloat64()
-		v := 1 + c*x
-		if v <= 0 {
-			continue
-		}
-		v = v * v * v
-		u := r.Float64()
-		if u < 1-0.0331*x*x*x*x || math.Log(u) < 0.5*x*x+d*(1-v+math.Log(v)) {
-			return d * v
-		}
-	}
-}
+func (a *arrivals) next() float64 { return randx.Gamma(a.r, a.shape) * a.scale }

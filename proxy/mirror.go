@@ -121,7 +121,7 @@ func (p *Proxy) startShadows(ctx *fasthttp.RequestCtx, rec *recorder.Request, rw
 		req := fasthttp.AcquireRequest()
 		ctx.Request.Header.CopyTo(&req.Header)
 		srec := &recorder.Request{
-			ID: p.ids.next(), Run: rec.Run, Backend: up.name, Role: recorder.RoleShadow, PairID: rec.ID,
+			ID: p.ids.Next(), Run: rec.Run, Backend: up.name, Role: recorder.RoleShadow, PairID: rec.ID,
 			Endpoint: rec.Endpoint, Model: cmpOr(up.model, cr.model), Stream: cr.stream,
 			PromptSHA256: rec.PromptSHA256, BytesIn: int64(len(body)), StartNS: now(),
 			PromptTokens: -1, CompletionTokens: -1,

@@ -7,8 +7,6 @@ package proxy
 import (
 	"bytes"
 	"context"
-	crand "crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -24,6 +22,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/abproxy/abproxy/config"
+	"github.com/abproxy/abproxy/internal/reqid"
 	"github.com/abproxy/abproxy/recorder"
 	"github.com/abproxy/abproxy/router"
 )
@@ -86,7 +85,7 @@ type Proxy struct {
 	upstreams []*upstream
 	byName    map[string]*upstream
 	srv       *fasthttp.Server
-	ids       idGen
+	ids       reqid.Gen
 
 	route          atomic.Pointer[router.Router]
 	shadowInflight atomic.Int64
@@ -123,7 +122,7 @@ func New(opts Options) (*Proxy, error) {
 		active:     map[*upConn]struct{}{},
 		shutdownCh: make(chan struct{}),
 	}
-	p.ids.init()
+	p.ids.Init()
 	for _, b := range cfg.Backends {
 		u, err := newUpstream(b, cfg.Proxy.ConnectTimeout.Duration, cfg.Proxy.IdleTimeout.Duration, 1024)
 		if err != nil {
@@ -242,31 +241,6 @@ func (p *Proxy) shuttingDown() bool {
 	}
 }
 
-// idGen makes request ids: a random per-process prefix and a counter, so
-// ids are unique across restarts and cost one atomic add.
-type idGen struct {
-	prefix [16]byte
-	n      atomic.Uint64
-}
-
-func (g *idGen) init() {
-	var b [8]byte
-	_, _ = crand.Read(b[:])
-	hex.Encode(g.prefix[:], b[:])
-}
-
-func (g *idGen) next() string {
-	var b [32]byte
-	copy(b[:16], g.prefix[:])
-	n := g.n.Add(1)
-	const digits = "0123456789abcdef"
-	for i := 31; i >= 16; i-- {
-		b[i] = digits[n&15]
-		n >>= 4
-	}
-	return string(b[:])
-}
-
 var (
 	pathChat        = []byte("/v1/chat/completions")
 	pathCompletions = []byte("/v1/completions")
@@ -284,7 +258,7 @@ func (p *Proxy) newRecord(ctx *fasthttp.RequestCtx, start int64) *recorder.Reque
 		run = string(h)
 	}
 	return &recorder.Request{
-		ID:               p.ids.next(),
+		ID:               p.ids.Next(),
 		Run:              run,
 		Role:             recorder.RolePrimary,
 		Endpoint:         string(ctx.Path()),

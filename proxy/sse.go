@@ -7,6 +7,8 @@ import (
 	"hash"
 
 	"github.com/valyala/fastjson"
+
+	"github.com/abproxy/abproxy/internal/wire"
 )
 
 // eventBuffer splits a byte stream into complete Server-Sent Events. Bytes
@@ -29,7 +31,7 @@ func (b *eventBuffer) feed(p []byte) {
 // valid until the next feed.
 func (b *eventBuffer) next() ([]byte, bool) {
 	rest := b.buf[b.off:]
-	end := eventEnd(rest)
+	end := wire.EventEnd(rest)
 	if end < 0 {
 		if b.off > 0 && len(rest) > 0 {
 			// keep the partial event at the front so the buffer does not grow
@@ -45,66 +47,7 @@ func (b *eventBuffer) next() ([]byte, bool) {
 // pending returns bytes received that do not yet form a complete event.
 func (b *eventBuffer) pending() []byte { return b.buf[b.off:] }
 
-// eventEnd returns the length of the first event in p including its blank
-// line terminator (LF LF, CRLF CRLF, or CR CR as the SSE spec allows), or -1.
-func eventEnd(p []byte) int {
-	for i := 0; i < len(p); i++ {
-		switch p[i] {
-		case '\n':
-			if i+1 < len(p) && p[i+1] == '\n' {
-				return i + 2
-			}
-			if i+2 < len(p) && p[i+1] == '\r' && p[i+2] == '\n' {
-				return i + 3
-			}
-		case '\r':
-			if i+1 < len(p) && p[i+1] == '\r' {
-				return i + 2
-			}
-		}
-	}
-	return -1
-}
-
-// eventData returns the payload of the event's data lines. Several data
-// lines are joined with "\n" as the SSE spec says; that rare case allocates.
-func eventData(ev []byte) []byte {
-	var data []byte
-	lines := 0
-	for len(ev) > 0 {
-		line := ev
-		ev = nil
-		if i := bytes.IndexAny(line, "\r\n"); i >= 0 {
-			rest := line[i+1:]
-			if line[i] == '\r' && len(rest) > 0 && rest[0] == '\n' {
-				rest = rest[1:]
-			}
-			line, ev = line[:i], rest
-		}
-		if !bytes.HasPrefix(line, dataPrefix) {
-			continue
-		}
-		v := line[len(dataPrefix):]
-		if len(v) > 0 && v[0] == ' ' {
-			v = v[1:]
-		}
-		lines++
-		if lines == 1 {
-			data = v
-			continue
-		}
-		if lines == 2 {
-			data = append([]byte(nil), data...)
-		}
-		data = append(append(data, '\n'), v...)
-	}
-	return data
-}
-
-var (
-	dataPrefix = []byte("data:")
-	doneData   = []byte("[DONE]")
-)
+var doneData = []byte("[DONE]")
 
 // eventKind is what the tap learned from one event.
 type eventKind uint8
@@ -161,7 +104,7 @@ func (t *tap) addText(b []byte) {
 
 // event classifies one SSE event and records what it carries.
 func (t *tap) event(ev []byte) eventKind {
-	data := eventData(ev)
+	data := wire.EventData(ev)
 	if data == nil {
 		return eventOther
 	}

@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/valyala/fastjson"
+
+	"github.com/abproxy/abproxy/internal/wire"
 )
 
 func TestEventBufferSplitsAcrossReads(t *testing.T) {
@@ -49,8 +51,8 @@ func TestEventData(t *testing.T) {
 		"data: [DONE]\n\n":           "[DONE]",
 	}
 	for in, want := range cases {
-		if got := string(eventData([]byte(in))); got != want {
-			t.Errorf("eventData(%q) = %q, want %q", in, got, want)
+		if got := string(wire.EventData([]byte(in))); got != want {
+			t.Errorf("wire.EventData(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

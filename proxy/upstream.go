@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http/httputil"
 	"net/url"
 	"strings"
 	"sync"
@@ -17,6 +16,8 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/abproxy/abproxy/config"
+
+	"github.com/abproxy/abproxy/internal/wire"
 )
 
 // The upstream side is a small HTTP/1.1 client of our own over pooled
@@ -80,10 +81,10 @@ type upConn struct {
 	idleTO   time.Duration
 	lastUsed time.Time
 	reused   bool
-	aborted  atomic.Bool // set by Shutdown after the drain timeout
-	deadline time.Time   // bounds a whole exchange (shadows); zero = none
-	rx       *rxReader   // kernel receive timestamps; nil for TLS or non-Linux
-	rxNS     int64       // receive time of the data of the last socket read
+	aborted  atomic.Bool    // set by Shutdown after the drain timeout
+	deadline time.Time      // bounds a whole exchange (shadows); zero = none
+	rx       *wire.RxReader // kernel receive timestamps; nil for TLS or non-Linux
+	rxNS     int64          // receive time of the data of the last socket read
 }
 
 var errAborted = errors.New("request aborted by shutdown")
@@ -102,7 +103,7 @@ func (c *upConn) Read(p []byte) (int, error) {
 		_ = c.c.SetReadDeadline(d)
 	}
 	if c.rx != nil {
-		n, ts, err := c.rx.read(p)
+		n, ts, err := c.rx.Read(p)
 		if n > 0 {
 			c.rxNS = ts
 		}
@@ -152,7 +153,7 @@ func (u *upstream) dial() (*upConn, error) {
 	}
 	c := &upConn{c: nc, idleTO: u.idleTO}
 	if !u.useTLS {
-		c.rx = newRxReader(nc)
+		c.rx = wire.NewRxReader(nc)
 	}
 	c.br = bufio.NewReaderSize(c, 16<<10)
 	c.bw = bufio.NewWriterSize(nc, 16<<10)
@@ -262,7 +263,7 @@ func bodyReader(c *upConn, h *fasthttp.ResponseHeader, head bool) (io.Reader, bo
 	case n >= 0:
 		return io.LimitReader(c.br, int64(n)), reusable
 	case n == -1: // chunked
-		return &chunkedBody{r: httputil.NewChunkedReader(c.br), br: c.br}, reusable
+		return wire.NewChunkedBody(c.br), reusable
 	default: // identity: the body ends when the backend closes
 		return c.br, false
 	}
@@ -271,34 +272,6 @@ func bodyReader(c *upConn, h *fasthttp.ResponseHeader, head bool) (io.Reader, bo
 type eofReader struct{}
 
 func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
-
-// chunkedBody consumes the trailer section after the last chunk so the
-// connection is positioned at the next response when it returns to the pool.
-type chunkedBody struct {
-	r    io.Reader
-	br   *bufio.Reader
-	done bool
-}
-
-func (b *chunkedBody) Read(p []byte) (int, error) {
-	if b.done {
-		return 0, io.EOF
-	}
-	n, err := b.r.Read(p)
-	if err == io.EOF {
-		for {
-			line, lerr := b.br.ReadSlice('\n')
-			if lerr != nil {
-				return n, lerr
-			}
-			if len(line) <= 2 { // "\r\n" ends the trailer section
-				break
-			}
-		}
-		b.done = true
-	}
-	return n, err
-}
 
 // errStaleConn marks a pooled connection that the backend had closed before
 // we sent anything useful; the request is retried once on a fresh one.

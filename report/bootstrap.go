@@ -5,6 +5,8 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+
+	"github.com/abproxy/abproxy/internal/randx"
 )
 
 // Bootstrap settings. The report resamples each side of a comparison
@@ -33,35 +35,10 @@ func newRNG(seed uint64, key string) *rand.Rand {
 	return rand.New(rand.NewPCG(seed, h.Sum64()))
 }
 
-// gammaDraw draws from Gamma(shape, 1) (Marsaglia and Tsang).
-func gammaDraw(r *rand.Rand, shape float64) float64 {
-	if shape < 1 {
-		u := r.Float64()
-		for u == 0 {
-			u = r.Float64()
-		}
-		return gammaDraw(r, shape+1) * math.Pow(u, 1/shape)
-	}
-	d := shape - 1.0/3
-	c := 1 / math.Sqrt(9*d)
-	for {
-		x := r.NormFloat64()
-		v := 1 + c*x
-		if v <= 0 {
-			continue
-		}
-		v = v * v * v
-		u := r.Float64()
-		if u < 1-0.0331*x*x*x*x || math.Log(u) < 0.5*x*x+d*(1-v+math.Log(v)) {
-			return d * v
-		}
-	}
-}
-
 // betaDraw draws from Beta(a, b).
 func betaDraw(r *rand.Rand, a, b float64) float64 {
-	x := gammaDraw(r, a)
-	y := gammaDraw(r, b)
+	x := randx.Gamma(r, a)
+	y := randx.Gamma(r, b)
 	return x / (x + y)
 }
 

@@ -16,6 +16,8 @@ import (
 
 	"github.com/valyala/fasthttp"
 	"go.uber.org/zap"
+
+	"github.com/abproxy/abproxy/internal/wire"
 )
 
 // DefaultModel is the served model name when Options.Model is empty: the
@@ -136,7 +138,7 @@ func New(opts Options) (*Server, error) {
 	if opts.Truth != nil {
 		s.truth = newTruthWriter(opts.Truth)
 	}
-	s.modelJSON = appendJSONString(nil, model)
+	s.modelJSON = wire.AppendJSONString(nil, model)
 	s.modelsJSON = s.buildModels()
 	s.versionJSON = []byte(`{"version":"` + Version + `"}`)
 	s.handler = s.serveHTTP
@@ -353,7 +355,7 @@ func badRequest(format string, args ...any) *apiError {
 }
 
 func (e *apiError) body() []byte {
-	b := append([]byte(`{"error":{"message":"`), appendJSONString(nil, e.msg)...)
+	b := append([]byte(`{"error":{"message":"`), wire.AppendJSONString(nil, e.msg)...)
 	b = append(b, `","type":"`...)
 	b = append(b, e.typ...)
 	b = append(b, `","param":null,"code":`...)

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/abproxy/abproxy/internal/wire"
 )
 
 const chatHead = `{"id":"chatcmpl-req-1","object":"chat.completion.chunk","created":1700000000,"model":"test-model"`
@@ -392,7 +394,7 @@ func TestApproxPromptTokens(t *testing.T) {
 func TestJSONEscaping(t *testing.T) {
 	for _, s := range []string{"plain", "q\"uote", `back\slash`, "nl\n\r\t\b\f", "ctl\x00\x01\x1f\x7f", "café 東京 😀",
 		"bad\xffutf8", "<tag>&amp;", "\u2028"} {
-		got := `"` + string(appendJSONString(nil, s)) + `"`
+		got := `"` + string(wire.AppendJSONString(nil, s)) + `"`
 		var back string
 		if err := json.Unmarshal([]byte(got), &back); err != nil {
 			t.Fatalf("%q escaped to invalid JSON %s: %v", s, got, err)
@@ -402,7 +404,7 @@ func TestJSONEscaping(t *testing.T) {
 			t.Fatalf("%q round-tripped to %q", s, back)
 		}
 	}
-	if got := string(appendJSONString(nil, "<a>&")); got != "<a>&" {
+	if got := string(wire.AppendJSONString(nil, "<a>&")); got != "<a>&" {
 		t.Fatalf("HTML characters escaped (Python does not): %s", got)
 	}
 	// Every vocab entry renders to valid JSON that decodes back to itself.

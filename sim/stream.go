@@ -5,6 +5,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/abproxy/abproxy/internal/wire"
 )
 
 // Chunk byte templates, matching vLLM 0.13's pydantic output
@@ -62,7 +64,7 @@ func (r *request) buildPrefixes() {
 	h := make([]byte, 0, 128+len(r.id)+len(r.s.modelJSON))
 	h = append(h, `{"id":"`...)
 	h = append(h, id...)
-	h = appendJSONString(h, r.id)
+	h = wire.AppendJSONString(h, r.id)
 	h = append(h, `","object":"`...)
 	h = append(h, object...)
 	h = append(h, `","created":`...)

@@ -3,7 +3,8 @@ package sim
 import (
 	"math"
 	"strconv"
-	"unicode/utf8"
+
+	"github.com/abproxy/abproxy/internal/wire"
 )
 
 // vocab is the simulated model's output vocabulary: one entry is one token
@@ -38,9 +39,9 @@ var (
 func init() {
 	vocabJSON = make([][]byte, len(vocab))
 	for i, w := range vocab {
-		vocabJSON[i] = appendJSONString(nil, w)
+		vocabJSON[i] = wire.AppendJSONString(nil, w)
 	}
-	stopJSON = appendJSONString(nil, stopText)
+	stopJSON = wire.AppendJSONString(nil, stopText)
 }
 
 // splitmix64 is a fast, well-mixed 64-bit hash step; it turns (seed, prompt,
@@ -140,52 +141,3 @@ func approxChatTokens(msgs []Message) int {
 }
 
 const hexDigits = "0123456789abcdef"
-
-// appendJSONString appends s JSON-escaped, without the surrounding quotes,
-// the way Python's json/pydantic write it (UTF-8 kept as is, control
-// characters escaped, "<>&" not escaped). Invalid UTF-8 becomes U+FFFD so
-// the output is always valid JSON.
-func appendJSONString(dst []byte, s string) []byte {
-	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' {
-				i++
-				continue
-			}
-			dst = append(dst, s[start:i]...)
-			switch c {
-			case '"':
-				dst = append(dst, '\\', '"')
-			case '\\':
-				dst = append(dst, '\\', '\\')
-			case '\n':
-				dst = append(dst, '\\', 'n')
-			case '\r':
-				dst = append(dst, '\\', 'r')
-			case '\t':
-				dst = append(dst, '\\', 't')
-			case '\b':
-				dst = append(dst, '\\', 'b')
-			case '\f':
-				dst = append(dst, '\\', 'f')
-			default:
-				dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, `\ufffd`...)
-			i++
-			start = i
-			continue
-		}
-		i += size
-	}
-	return append(dst, s[start:]...)
-}

@@ -5,6 +5,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/abproxy/abproxy/internal/wire"
 )
 
 // TruthRecord is one line of the truth file: what the server itself knows
@@ -38,9 +40,9 @@ type TruthRecord struct {
 // fixed, and this runs once per request on the serving path.
 func (r *TruthRecord) appendJSON(b []byte) []byte {
 	b = append(b, `{"request_id":"`...)
-	b = appendJSONString(b, r.RequestID)
+	b = wire.AppendJSONString(b, r.RequestID)
 	b = append(b, `","endpoint":"`...)
-	b = appendJSONString(b, r.Endpoint)
+	b = wire.AppendJSONString(b, r.Endpoint)
 	b = append(b, `","received_ns":`...)
 	b = strconv.AppendInt(b, r.ReceivedNS, 10)
 	b = append(b, `,"first_content_ns":`...)

@@ -1,0 +1,118 @@
+package wire
+
+import (
+	"encoding/binary"
+	"io"
+	"net"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Kernel receive timestamps. A read's time taken with time.Now() after it
+// returns includes the reader's own scheduling delay: with hundreds of
+// streams whose tokens arrive in the same engine step, a goroutine may read
+// its chunk milliseconds after it arrived. On Linux, recvmsg with
+// SO_TIMESTAMPNS reports when the kernel received the data, so that delay
+// is not counted as backend latency.
+
+// RxReader reads from a TCP socket and reports the kernel receive time.
+type RxReader struct {
+	raw syscall.RawConn
+	oob []byte
+}
+
+// NewRxReader enables kernel receive timestamps on c; nil if unsupported.
+func NewRxReader(c net.Conn) *RxReader {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return nil
+	}
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1)
+	}); err != nil || serr != nil {
+		return nil
+	}
+	return &RxReader{raw: raw, oob: make([]byte, unix.CmsgSpace(16))}
+}
+
+// Read fills p and returns the kernel's receive time of the data in Unix
+// ns (0 when the kernel gave none).
+func (r *RxReader) Read(p []byte) (n int, rxNS int64, err error) {
+	if len(p) == 0 {
+		return 0, 0, nil
+	}
+	var oobn int
+	var rerr error
+	err = r.raw.Read(func(fd uintptr) bool {
+		for {
+			n, oobn, _, _, rerr = unix.Recvmsg(int(fd), p, r.oob, 0)
+			if rerr != unix.EINTR {
+				return rerr != unix.EAGAIN
+			}
+		}
+	})
+	if err != nil {
+		return 0, 0, err
+	}
+	if rerr != nil {
+		return 0, 0, rerr
+	}
+	if n == 0 {
+		return 0, 0, io.EOF
+	}
+	return n, parseTimestampNS(r.oob[:oobn]), nil
+}
+
+// parseTimestampNS finds SCM_TIMESTAMPNS in a control message buffer
+// without allocating (unix.ParseSocketControlMessage allocates).
+func parseTimestampNS(oob []byte) int64 {
+	const hdr = int(unsafe.Sizeof(unix.Cmsghdr{}))
+	for len(oob) >= hdr {
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+		l := int(h.Len)
+		if l < hdr || l > len(oob) {
+			return 0
+		}
+		if h.Level == unix.SOL_SOCKET && h.Type == unix.SCM_TIMESTAMPNS && l >= hdr+16 {
+			d := oob[unix.CmsgLen(0):]
+			sec := int64(binary.NativeEndian.Uint64(d[0:8]))
+			nsec := int64(binary.NativeEndian.Uint64(d[8:16]))
+			return sec*1e9 + nsec
+		}
+		oob = oob[unix.CmsgSpace(l-unix.CmsgLen(0)):]
+	}
+	return 0
+}
+
+// RxConn is a connection whose reads record the kernel receive time of
+// the last data read in Last.
+type RxConn struct {
+	net.Conn
+	rx *RxReader
+	// Last is the kernel receive time of the last bytes read, Unix ns; 0 unknown.
+	Last int64
+}
+
+// NewRxConn wraps c; nil when kernel timestamps are unavailable.
+func NewRxConn(c net.Conn) *RxConn {
+	rx := NewRxReader(c)
+	if rx == nil {
+		return nil
+	}
+	return &RxConn{Conn: c, rx: rx}
+}
+
+func (c *RxConn) Read(p []byte) (int, error) {
+	n, ts, err := c.rx.Read(p)
+	if n > 0 {
+		c.Last = ts
+	}
+	return n, err
+}

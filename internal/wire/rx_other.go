@@ -1,0 +1,23 @@
+//go:build !linux
+
+package wire
+
+import "net"
+
+// RxReader is Linux-only; elsewhere data is stamped when read.
+type RxReader struct{}
+
+// NewRxReader returns nil outside Linux.
+func NewRxReader(net.Conn) *RxReader { return nil }
+
+// Read is never called: NewRxReader returns nil.
+func (r *RxReader) Read(p []byte) (int, int64, error) { panic("unreachable") }
+
+// RxConn is Linux-only.
+type RxConn struct {
+	net.Conn
+	Last int64
+}
+
+// NewRxConn returns nil outside Linux.
+func NewRxConn(net.Conn) *RxConn { return nil }
