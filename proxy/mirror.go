@@ -160,19 +160,19 @@ func (p *Proxy) runShadow(pr *pair, rec *recorder.Request, up *upstream, req *fa
 		rec.Error = ErrUpstreamStatus
 	}
 	x.conn = c
-	x.body, x.reusable = bodyReader(c, &h, false)
+	x.reusable = x.dec.init(c.br, &h, false)
 	if bytes.HasPrefix(h.ContentType(), ctEventStream) {
 		_, _ = x.pump(io.Discard)
 		return
 	}
 	var buf bytes.Buffer
-	_, err = buf.ReadFrom(x.body)
+	_, err = buf.ReadFrom(&x.dec)
 	rec.EndNS = now()
 	if err != nil {
 		x.release(false)
 		x.readError(err)
 	} else {
-		x.release(x.reusable)
+		x.release(x.reusable && !x.dec.eof)
 		x.tap.body(buf.Bytes())
 	}
 	rec.BytesOut = int64(buf.Len())

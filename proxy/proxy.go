@@ -23,6 +23,7 @@ import (
 
 	"github.com/abproxy/abproxy/config"
 	"github.com/abproxy/abproxy/internal/reqid"
+	"github.com/abproxy/abproxy/internal/wire"
 	"github.com/abproxy/abproxy/recorder"
 	"github.com/abproxy/abproxy/router"
 )
@@ -136,7 +137,7 @@ func New(opts Options) (*Proxy, error) {
 	}
 	p.rewriters.New = func() any { return &rewriter{} }
 	p.taps.New = func() any { return newTap() }
-	p.bufs.New = func() any { b := make([]byte, 32<<10); return &b }
+	p.bufs.New = func() any { b := make([]byte, 0, 4<<10); return &b }
 	p.srv = &fasthttp.Server{
 		Handler:                       p.handle,
 		ErrorHandler:                  p.handleParseError,
@@ -422,7 +423,8 @@ type exchange struct {
 	rec      *recorder.Request
 	up       *upstream
 	conn     *upConn
-	body     io.Reader
+	dec      bodyDecoder // the response body, framed in place in conn's buffer
+	events   eventBuffer // a partial event waiting for the rest of its bytes
 	reusable bool
 	tap      *tap
 	keepUse  bool // forward the usage-only chunk (the client asked for it)
@@ -516,7 +518,7 @@ func (p *Proxy) forward(ctx *fasthttp.RequestCtx, rec *recorder.Request, up *ups
 	resp.Header.Set(HeaderBackend, up.name)
 
 	x.conn = c
-	x.body, x.reusable = bodyReader(c, &h, ctx.IsHead())
+	x.reusable = x.dec.init(c.br, &h, ctx.IsHead())
 	if bytes.HasPrefix(h.ContentType(), ctEventStream) {
 		// headers go out now, as the backend sent them before the first token
 		resp.ImmediateHeaderFlush = true
@@ -573,7 +575,7 @@ func unwrapOp(err error) error {
 func (x *exchange) whole(ctx *fasthttp.RequestCtx) {
 	rec := x.rec
 	buf := bytes.NewBuffer(make([]byte, 0, 4096))
-	_, err := buf.ReadFrom(x.body)
+	_, err := buf.ReadFrom(&x.dec)
 	rec.EndNS = now()
 	if err != nil {
 		x.release(false)
@@ -584,7 +586,7 @@ func (x *exchange) whole(ctx *fasthttp.RequestCtx) {
 		x.done()
 		return
 	}
-	x.release(x.reusable)
+	x.release(x.reusable && !x.dec.eof)
 	b := buf.Bytes()
 	if x.tap != nil && bytes.HasPrefix(ctx.Response.Header.ContentType(), ctJSON) {
 		x.tap.body(b)
@@ -717,61 +719,37 @@ func (x *exchange) Close() error {
 	return nil
 }
 
+// pump moves the event stream from the backend to the client. Events are
+// cut out of the upstream read buffer in place, read by the tap, and
+// gathered into one client write per socket read, which goes out before
+// the pump blocks for more; so each event leaves as soon as it has fully
+// arrived, with one copy in between.
 func (x *exchange) pump(w io.Writer) (int64, error) {
 	rec := x.rec
-	bp := x.p.bufs.Get().(*[]byte)
-	buf := (*bp)[:cap(*bp)]
 	op := x.p.bufs.Get().(*[]byte)
 	out := (*op)[:0]
-	var events eventBuffer
 	if cap(rec.ChunkNS) == 0 {
 		rec.ChunkNS = make([]int64, 0, 64)
 	}
 	var written int64
 	var werr error
-	empty := 0
+	t := x.conn.readTime() // body bytes that came with the header
 	for {
-		n, err := x.body.Read(buf)
-		t := x.conn.readTime()
-		if n == 0 && err == nil {
-			// a reader that returns nothing forever would spin a core
-			if empty++; empty > 100 {
-				err = io.ErrNoProgress
-			}
-		} else {
-			empty = 0
+		seg, err := x.dec.next()
+		if len(seg) > 0 {
+			out = x.consume(seg, t, out)
 		}
-		out = out[:0]
-		if n > 0 {
-			events.feed(buf[:n])
-			for {
-				ev, ok := events.next()
-				if !ok {
-					break
-				}
-				if x.tap != nil {
-					switch x.tap.event(ev) {
-					case eventContent:
-						if rec.FirstTokenNS == 0 {
-							rec.FirstTokenNS = t
-						}
-						rec.ChunkNS = append(rec.ChunkNS, t)
-					case eventUsageOnly:
-						if !x.keepUse {
-							continue // the proxy asked for it, the client did not
-						}
-					}
-				}
-				out = append(out, ev...)
-			}
+		if err == nil {
+			continue
 		}
 		if err == io.EOF {
 			// a last event without its blank line: pass it on as sent
-			out = append(out, events.pending()...)
+			out = append(out, x.events.pending()...)
 		}
 		if len(out) > 0 { // an empty write would end the chunked body
 			m, e := w.Write(out)
 			written += int64(m)
+			out = out[:0]
 			if x.firstSent == 0 && rec.FirstTokenNS != 0 {
 				x.firstSent = now()
 			}
@@ -784,26 +762,80 @@ func (x *exchange) pump(w io.Writer) (int64, error) {
 				break
 			}
 		}
-		if err != nil {
-			rec.EndNS = t
-			if err == io.EOF {
-				x.release(x.reusable)
-				break
+		if err == errNeedMore {
+			err = x.dec.fill()
+			t = x.conn.readTime()
+			if err == nil {
+				continue
 			}
-			rec.EndNS = now() // the time of the failure, not of the last data
-			x.release(false)
-			x.readError(err)
-			m, _ := w.Write(errorEvent(rec.Error, rec.Error, rec.ErrorDetail))
-			written += int64(m)
+		}
+		rec.EndNS = t
+		if err == io.EOF {
+			x.release(x.reusable && !x.dec.eof)
 			break
 		}
+		rec.EndNS = now() // the time of the failure, not of the last data
+		x.release(false)
+		x.readError(err)
+		m, _ := w.Write(errorEvent(rec.Error, rec.Error, rec.ErrorDetail))
+		written += int64(m)
+		break
 	}
-	*op = out[:cap(out)]
-	x.p.bufs.Put(op)
-	x.p.bufs.Put(bp)
+	if cap(out) <= 64<<10 { // a burst's buffer is not worth keeping
+		*op = out[:0]
+		x.p.bufs.Put(op)
+	}
 	rec.BytesOut = written
 	x.done()
 	return written, werr
+}
+
+// consume splits payload bytes into events, lets the tap read each one
+// and appends those the client gets to out. Complete events are taken
+// straight from seg; only a partial one is copied aside.
+func (x *exchange) consume(seg []byte, t int64, out []byte) []byte {
+	if len(x.events.pending()) > 0 {
+		x.events.feed(seg)
+		for {
+			ev, ok := x.events.next()
+			if !ok {
+				return out
+			}
+			out = x.event(ev, t, out)
+		}
+	}
+	for {
+		end := wire.EventEnd(seg)
+		if end < 0 {
+			break
+		}
+		out = x.event(seg[:end], t, out)
+		seg = seg[end:]
+	}
+	if len(seg) > 0 {
+		x.events.feed(seg)
+	}
+	return out
+}
+
+// event records one complete event that arrived at t and appends it to
+// out unless it is the usage chunk the client did not ask for.
+func (x *exchange) event(ev []byte, t int64, out []byte) []byte {
+	if x.tap != nil {
+		switch x.tap.event(ev) {
+		case eventContent:
+			rec := x.rec
+			if rec.FirstTokenNS == 0 {
+				rec.FirstTokenNS = t
+			}
+			rec.ChunkNS = append(rec.ChunkNS, t)
+		case eventUsageOnly:
+			if !x.keepUse {
+				return out // the proxy asked for it, the client did not
+			}
+		}
+	}
+	return append(out, ev...)
 }
 
 // fasthttpLogger routes fasthttp's own messages into zap at warn level.

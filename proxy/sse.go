@@ -111,6 +111,18 @@ func (t *tap) event(ev []byte) eventKind {
 	if bytes.Equal(data, doneData) {
 		return eventDone
 	}
+	if text, ok := fastContent(data); ok {
+		t.addText(text)
+		if t.keepText {
+			t.ends = append(t.ends, int32(len(t.text)))
+		}
+		return eventContent
+	}
+	return t.parse(data)
+}
+
+// parse classifies an event's data with a full JSON parse.
+func (t *tap) parse(data []byte) eventKind {
 	v, err := t.parser.ParseBytes(data)
 	if err != nil {
 		return eventOther
@@ -196,4 +208,144 @@ func (t *tap) readUsage(v *fastjson.Value) {
 			t.completionTokens = n
 		}
 	}
+}
+
+// fastContent reads the event data of an ordinary vLLM content chunk by
+// scanning bytes, without a JSON parse: one choice with plain text (no
+// escapes), finish_reason null, and no usage. Anything else, about one
+// event per stream, returns ok=false and takes the full parse. The
+// accepted shapes are exactly what vLLM writes:
+//
+//	{"id":"…","object":"…","created":N,"model":"…","choices":[{"index":0,"delta":{"content":"TEXT"},"logprobs":null,"finish_reason":null,"token_ids":null}]}
+//	{"id":"…","object":"…","created":N,"model":"…","choices":[{"index":0,"text":"TEXT","logprobs":null,"finish_reason":null,"stop_reason":null}],"usage":null}
+func fastContent(d []byte) (text []byte, ok bool) {
+	// the fields before "choices": known keys, plain values
+	if len(d) == 0 || d[0] != '{' {
+		return nil, false
+	}
+	d = d[1:]
+	for {
+		key, rest, ok := plainString(d)
+		if !ok || len(rest) == 0 || rest[0] != ':' {
+			return nil, false
+		}
+		if string(key) == "choices" {
+			d = rest[1:]
+			break
+		}
+		switch string(key) {
+		case "id", "object", "created", "model", "system_fingerprint", "service_tier":
+		default:
+			return nil, false
+		}
+		rest, ok = plainValue(rest[1:])
+		if !ok || len(rest) == 0 || rest[0] != ',' {
+			return nil, false
+		}
+		d = rest[1:]
+	}
+	var chat bool
+	switch {
+	case bytes.HasPrefix(d, fastChat):
+		d, chat = d[len(fastChat):], true
+	case bytes.HasPrefix(d, fastText):
+		d = d[len(fastText):]
+	default:
+		return nil, false
+	}
+	// the text itself, up to its closing quote
+	i := 0
+	for i < len(d) && d[i] != '"' {
+		if d[i] == '\\' || d[i] < 0x20 {
+			return nil, false
+		}
+		i++
+	}
+	if i == 0 || i == len(d) {
+		return nil, false
+	}
+	text, d = d[:i], d[i+1:]
+	if chat {
+		if len(d) == 0 || d[0] != '}' {
+			return nil, false
+		}
+		d = d[1:]
+	}
+	if !bytes.HasPrefix(d, fastNoFinish) {
+		return nil, false
+	}
+	d = d[len(fastNoFinish):]
+	// further null fields of the choice: "token_ids", "stop_reason", ...
+	for len(d) > 0 && d[0] == ',' {
+		key, rest, ok := plainString(d[1:])
+		if !ok || len(key) == 0 || !bytes.HasPrefix(rest, fastColonNull) {
+			return nil, false
+		}
+		for _, c := range key {
+			if (c < 'a' || c > 'z') && c != '_' {
+				return nil, false
+			}
+		}
+		switch string(key) {
+		case "index", "delta", "text", "logprobs", "finish_reason":
+			return nil, false // a repeated key: let the parser decide
+		}
+		d = rest[len(fastColonNull):]
+	}
+	if string(d) != "}]}" && string(d) != `}],"usage":null}` {
+		return nil, false
+	}
+	return text, true
+}
+
+var (
+	fastChat      = []byte(`[{"index":0,"delta":{"content":"`)
+	fastText      = []byte(`[{"index":0,"text":"`)
+	fastNoFinish  = []byte(`,"logprobs":null,"finish_reason":null`)
+	fastColonNull = []byte(`:null`)
+)
+
+// plainString reads a JSON string without escapes at the start of d and
+// returns its contents and what follows it.
+func plainString(d []byte) (s, rest []byte, ok bool) {
+	if len(d) == 0 || d[0] != '"' {
+		return nil, nil, false
+	}
+	for i := 1; i < len(d); i++ {
+		switch c := d[i]; {
+		case c == '"':
+			return d[1:i], d[i+1:], true
+		case c == '\\' || c < 0x20:
+			return nil, nil, false
+		}
+	}
+	return nil, nil, false
+}
+
+// plainValue skips a plain string, an integer or null at the start of d.
+func plainValue(d []byte) (rest []byte, ok bool) {
+	if len(d) == 0 {
+		return nil, false
+	}
+	switch c := d[0]; {
+	case c == '"':
+		_, rest, ok = plainString(d)
+		return rest, ok
+	case bytes.HasPrefix(d, []byte("null")):
+		return d[4:], true
+	case c == '-' || (c >= '0' && c <= '9'):
+		i := 0
+		if c == '-' {
+			i++
+		}
+		j := i
+		for j < len(d) && d[j] >= '0' && d[j] <= '9' {
+			j++
+		}
+		if j == i || (d[i] == '0' && j > i+1) { // no digits, or a leading zero
+			return nil, false
+		}
+		return d[j:], true
+	}
+	return nil, false
 }

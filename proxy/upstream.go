@@ -2,13 +2,13 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
-	"strings"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -77,12 +77,12 @@ func newUpstream(b config.Backend, connectTimeout, idleTimeout time.Duration, ma
 type upConn struct {
 	c        net.Conn
 	br       *bufio.Reader
-	bw       *bufio.Writer
 	idleTO   time.Duration
 	lastUsed time.Time
 	reused   bool
 	aborted  atomic.Bool    // set by Shutdown after the drain timeout
 	deadline time.Time      // bounds a whole exchange (shadows); zero = none
+	armed    int64          // read deadline set on c, Unix ns; 0 = none
 	rx       *wire.RxReader // kernel receive timestamps; nil for TLS or non-Linux
 	rxNS     int64          // receive time of the data of the last socket read
 }
@@ -93,14 +93,8 @@ func (c *upConn) Read(p []byte) (int, error) {
 	if c.aborted.Load() {
 		return 0, errAborted
 	}
-	if c.idleTO > 0 || !c.deadline.IsZero() {
-		d := c.deadline
-		if c.idleTO > 0 {
-			if idle := time.Now().Add(c.idleTO); d.IsZero() || idle.Before(d) {
-				d = idle
-			}
-		}
-		_ = c.c.SetReadDeadline(d)
+	if c.idleTO > 0 || !c.deadline.IsZero() || c.armed != 0 {
+		c.arm()
 	}
 	if c.rx != nil {
 		n, ts, err := c.rx.Read(p)
@@ -111,6 +105,44 @@ func (c *upConn) Read(p []byte) (int, error) {
 	}
 	return c.c.Read(p)
 }
+
+// arm keeps the read deadline at the idle timeout after the last read,
+// capped by the exchange's deadline. Moving a deadline is a runtime timer
+// update (and can wake the netpoller), so one set is allowed to fire up to
+// idleSlack late and is left alone until it would: at most a few resets a
+// second per stream instead of one per chunk.
+func (c *upConn) arm() {
+	var lo, hi int64 // acceptable deadline range, Unix ns; 0 = none wanted
+	if c.idleTO > 0 {
+		t := time.Now().UnixNano() + int64(c.idleTO)
+		lo, hi = t, t+int64(idleSlack(c.idleTO))
+	}
+	if !c.deadline.IsZero() {
+		dl := c.deadline.UnixNano()
+		if hi == 0 || dl < hi {
+			hi = dl
+		}
+		if lo == 0 || dl < lo {
+			lo = dl
+		}
+	}
+	if hi != 0 && c.armed >= lo && c.armed <= hi {
+		return
+	}
+	if hi == 0 && c.armed == 0 {
+		return
+	}
+	c.armed = hi
+	if hi == 0 {
+		_ = c.c.SetReadDeadline(time.Time{})
+		return
+	}
+	_ = c.c.SetReadDeadline(time.Unix(0, hi))
+}
+
+// idleSlack is how late an idle timeout may fire: a quarter of it, at most
+// a second.
+func idleSlack(idle time.Duration) time.Duration { return min(idle/4, time.Second) }
 
 // readTime is when the data last read from the socket arrived: the
 // kernel's receive time when known, else now. Bytes served from the bufio
@@ -155,14 +187,15 @@ func (u *upstream) dial() (*upConn, error) {
 	if !u.useTLS {
 		c.rx = wire.NewRxReader(nc)
 	}
-	c.br = bufio.NewReaderSize(c, 16<<10)
-	c.bw = bufio.NewWriterSize(nc, 16<<10)
+	// 4 KiB like nginx's proxy_buffer_size: it holds the response header
+	// and, in a stream, one read's worth of events, which the pump consumes
+	// in place (see bodyDecoder)
+	c.br = bufio.NewReaderSize(c, 4<<10)
 	return c, nil
 }
 
 func (u *upstream) put(c *upConn) {
-	_ = c.c.SetReadDeadline(time.Time{})
-	c.deadline = time.Time{}
+	c.deadline = time.Time{} // the read deadline is reset by the next Read (arm)
 	c.lastUsed = time.Now()
 	u.mu.Lock()
 	if len(u.idle) < u.max {
@@ -197,81 +230,79 @@ var hopHeaders = map[string]bool{
 // backend has its own key; compression is refused on tapped responses
 // because the tap must read the events.
 func (u *upstream) writeRequest(c *upConn, req *fasthttp.Request, path []byte, body []byte, reqID string, tapped bool) error {
-	w := c.bw
-	w.Write(req.Header.Method())
-	w.WriteByte(' ')
-	w.Write(path)
-	w.WriteString(" HTTP/1.1\r\nHost: ")
-	w.WriteString(u.host)
-	w.WriteString("\r\n")
+	// rendered into a pooled buffer and sent with one write: no per-connection
+	// write buffer sits idle for the rest of a long stream
+	bp := reqBufs.Get().(*[]byte)
+	w := append((*bp)[:0], req.Header.Method()...)
+	w = append(w, ' ')
+	w = append(w, path...)
+	w = append(w, " HTTP/1.1\r\nHost: "...)
+	w = append(w, u.host...)
+	w = append(w, "\r\n"...)
 	for k, v := range req.Header.All() {
-		lk := strings.ToLower(string(k))
-		if hopHeaders[lk] || strings.HasPrefix(lk, "x-abproxy-") {
+		if skipHeader(k, u.apiKey != "", tapped) {
 			continue
 		}
-		if lk == "authorization" && u.apiKey != "" {
-			continue
-		}
-		if lk == "accept-encoding" && tapped {
-			continue
-		}
-		w.Write(k)
-		w.WriteString(": ")
-		w.Write(v)
-		w.WriteString("\r\n")
+		w = append(w, k...)
+		w = append(w, ": "...)
+		w = append(w, v...)
+		w = append(w, "\r\n"...)
 	}
 	if u.apiKey != "" {
-		w.WriteString("Authorization: Bearer ")
-		w.WriteString(u.apiKey)
-		w.WriteString("\r\n")
+		w = append(w, "Authorization: Bearer "...)
+		w = append(w, u.apiKey...)
+		w = append(w, "\r\n"...)
 	}
-	w.WriteString("X-Request-Id: ")
-	w.WriteString(reqID)
-	w.WriteString("\r\n")
+	w = append(w, "X-Request-Id: "...)
+	w = append(w, reqID...)
+	w = append(w, "\r\n"...)
 	if len(body) > 0 || string(req.Header.Method()) == "POST" {
-		w.WriteString("Content-Length: ")
-		w.WriteString(itoa(len(body)))
-		w.WriteString("\r\n")
+		w = append(w, "Content-Length: "...)
+		w = strconv.AppendInt(w, int64(len(body)), 10)
+		w = append(w, "\r\n"...)
 	}
-	w.WriteString("\r\n")
-	w.Write(body)
-	return w.Flush()
+	w = append(w, "\r\n"...)
+	w = append(w, body...)
+	_, err := c.c.Write(w)
+	if cap(w) <= 64<<10 { // a huge prompt's buffer is not worth keeping
+		*bp = w[:0]
+		reqBufs.Put(bp)
+	}
+	return err
 }
 
-func itoa(n int) string {
-	var b [20]byte
-	i := len(b)
-	if n == 0 {
-		return "0"
+var abproxyPrefix = []byte("x-abproxy-")
+
+var reqBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
+
+// skipHeader reports whether a client header stays behind: hop-by-hop
+// headers, abproxy's own, Authorization when the backend has its own key,
+// and Accept-Encoding on tapped responses (the tap must read the events).
+func skipHeader(k []byte, ownKey, tapped bool) bool {
+	if len(k) >= len(abproxyPrefix) && bytes.EqualFold(k[:len(abproxyPrefix)], abproxyPrefix) {
+		return true
 	}
-	for n > 0 {
-		i--
-		b[i] = byte('0' + n%10)
-		n /= 10
+	var lb [24]byte
+	if len(k) > len(lb) {
+		return false // no other header we drop is this long
 	}
-	return string(b[i:])
+	lk := lb[:len(k)]
+	for i, ch := range k {
+		if 'A' <= ch && ch <= 'Z' {
+			ch += 'a' - 'A'
+		}
+		lk[i] = ch
+	}
+	switch {
+	case hopHeaders[string(lk)]:
+		return true
+	case ownKey && string(lk) == "authorization":
+		return true
+	case tapped && string(lk) == "accept-encoding":
+		return true
+	}
+	return false
 }
-
-// bodyReader returns a reader for the response body framed by h, and
-// whether the connection can be reused once that reader hits io.EOF.
-func bodyReader(c *upConn, h *fasthttp.ResponseHeader, head bool) (io.Reader, bool) {
-	reusable := !h.ConnectionClose()
-	if st := h.StatusCode(); head || st == 204 || st == 304 || (st >= 100 && st < 200) {
-		return eofReader{}, reusable // these responses never have a body (RFC 9112 §6.3)
-	}
-	switch n := h.ContentLength(); {
-	case n >= 0:
-		return io.LimitReader(c.br, int64(n)), reusable
-	case n == -1: // chunked
-		return wire.NewChunkedBody(c.br), reusable
-	default: // identity: the body ends when the backend closes
-		return c.br, false
-	}
-}
-
-type eofReader struct{}
-
-func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
 
 // errStaleConn marks a pooled connection that the backend had closed before
 // we sent anything useful; the request is retried once on a fresh one.

@@ -144,7 +144,7 @@ func (b *ChunkedBody) Read(p []byte) (int, error) {
 			if lerr != nil {
 				return n, lerr
 			}
-			if len(line) <= 2 { // "\r\n" ends the trailer section
+			if len(line) == 1 || (len(line) == 2 && line[0] == '\r') { // an empty line ends the trailer section
 				break
 			}
 		}

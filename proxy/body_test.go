@@ -1,0 +1,111 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"testing"
+
+	"github.com/abproxy/abproxy/internal/wire"
+)
+
+// pieces reads its data in pieces of the given sizes (cycling), so the
+// decoder meets every framing element split across socket reads.
+type pieces struct {
+	data  []byte
+	sizes []byte
+	i     int
+}
+
+func (p *pieces) Read(b []byte) (int, error) {
+	if len(p.data) == 0 {
+		return 0, io.EOF
+	}
+	n := len(p.data)
+	if len(p.sizes) > 0 {
+		n = int(p.sizes[p.i%len(p.sizes)])%64 + 1
+		p.i++
+	}
+	n = min(n, len(b), len(p.data))
+	copy(b, p.data[:n])
+	p.data = p.data[n:]
+	return n, nil
+}
+
+// decodeAll runs the decoder the way pump does and returns the payload
+// and what is left on the connection after the body.
+func decodeAll(t testing.TB, in, sizes []byte) (payload, rest []byte, err error) {
+	br := bufio.NewReaderSize(&pieces{data: in, sizes: sizes}, 4096)
+	d := bodyDecoder{br: br, mode: bodyChunked, state: chunkSize}
+	for {
+		seg, e := d.next()
+		payload = append(payload, seg...)
+		if e == errNeedMore {
+			if e = d.fill(); e == nil {
+				continue
+			}
+		}
+		if e == io.EOF {
+			if d.eof {
+				// the connection closed: what is left is never read
+				return payload, nil, nil
+			}
+			rest, _ = io.ReadAll(br)
+			return payload, rest, nil
+		}
+		if e != nil {
+			return payload, nil, e
+		}
+	}
+}
+
+func TestBodyDecoderChunked(t *testing.T) {
+	in := []byte("7\r\ndata: a\r\n2;ext=\"x\"\r\n\n\n\r\nA \r\n0123456789\r\n0\r\nTrailer: x\r\n\r\nNEXT")
+	for _, sizes := range [][]byte{nil, {0}, {1, 2}, {4, 7, 0}} {
+		got, rest, err := decodeAll(t, in, sizes)
+		if err != nil || string(got) != "data: a\n\n0123456789" || string(rest) != "NEXT" {
+			t.Fatalf("sizes %v: payload %q rest %q err %v", sizes, got, rest, err)
+		}
+	}
+	for _, bad := range []string{"x\r\n", "3\r\nabcX\r\n", "3\r\nab", "\r\n", "fffffffffffffffff\r\n", "5\n", "5\r\r\n"} {
+		if _, _, err := decodeAll(t, []byte(bad), nil); err == nil {
+			t.Errorf("%q decoded without error", bad)
+		}
+	}
+	// EOF inside a chunk is a cut stream, not a clean end
+	if _, _, err := decodeAll(t, []byte("5\r\nab"), nil); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Errorf("truncated chunk: %v", err)
+	}
+	// a size line that fills the buffer is refused, not waited on forever
+	if _, _, err := decodeAll(t, bytes.Repeat([]byte("1"), 5000), nil); !errors.Is(err, errChunked) {
+		t.Errorf("overlong size line: %v", err)
+	}
+}
+
+// FuzzBodyDecoder checks the in-place decoder against the reader used
+// before it (net/http/httputil's, plus trailer handling): same payload,
+// same position on the connection, for any split of the input.
+func FuzzBodyDecoder(f *testing.F) {
+	f.Add([]byte("5\r\nhello\r\n0\r\n\r\n"), []byte{3})
+	f.Add([]byte("1;a=b\r\nx\r\n0\r\nT: 1\r\n\r\nrest"), []byte{0, 1})
+	f.Add([]byte("A\r\n0123456789\r\n0\r\n\n"), []byte(nil))
+	f.Fuzz(func(t *testing.T, in, sizes []byte) {
+		got, rest, err := decodeAll(t, in, sizes)
+		br := bufio.NewReader(bytes.NewReader(in))
+		want, werr := io.ReadAll(wire.NewChunkedBody(br))
+		if werr != nil || err != nil {
+			if (werr == nil) != (err == nil) && len(in) < 4000 {
+				t.Fatalf("httputil err %v, ours %v (payload %q vs %q)", werr, err, want, got)
+			}
+			return
+		}
+		wrest, _ := io.ReadAll(br)
+		if rest == nil {
+			wrest = nil // closed connection: not reused, position irrelevant
+		}
+		if !bytes.Equal(got, want) || !bytes.Equal(rest, wrest) {
+			t.Fatalf("payload %q rest %q; httputil %q rest %q", got, rest, want, wrest)
+		}
+	})
+}
