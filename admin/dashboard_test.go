@@ -3,6 +3,7 @@ package admin
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
@@ -140,7 +141,7 @@ func (b *browser) waitDOM(t *testing.T, what string, ok func(dom string) bool) s
 func TestDashboardUpdatesInChromium(t *testing.T) {
 	bin := chromium(t)
 	const token = "dash-token"
-	st := startStack(t, token)
+	st := startStackSpeed(t, token, 10) // slow enough to hold a stream open
 	b := openBrowser(t, bin, st.adminURL+"/?token="+token)
 
 	b.waitDOM(t, "a connected stream with zero requests", func(dom string) bool {
@@ -163,6 +164,23 @@ func TestDashboardUpdatesInChromium(t *testing.T) {
 	if u := field(dom, `id="updates">(\d+)<`); u < 2 {
 		t.Errorf("updates = %v", u)
 	}
+
+	// a stream held open shows in the per-backend in-flight cells (the
+	// primary on baseline, its mirrored copy on optimized), then leaves
+	body := fmt.Sprintf(`{"model":%q,"messages":[{"role":"user","content":"hold"}],"max_tokens":2000,"ignore_eos":true,"stream":true}`, testModel)
+	resp, err := http.Post(st.proxyURL+"/v1/chat/completions", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b.waitDOM(t, "the held stream in flight", func(dom string) bool {
+		return cell(dom, "baseline", "in_flight") == 1 && cell(dom, "optimized", "shadow_in_flight") == 1 &&
+			cell(dom, "optimized", "in_flight") == 0 && cell(dom, "baseline", "shadow_in_flight") == 0
+	})
+	resp.Body.Close()
+	b.waitDOM(t, "nothing in flight after the client left", func(dom string) bool {
+		return cell(dom, "baseline", "in_flight") == 0 && cell(dom, "optimized", "shadow_in_flight") == 0
+	})
 
 	// without the token the page itself is refused
 	if code, _ := get(t, st.adminURL+"/", ""); code != 401 {

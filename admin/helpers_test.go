@@ -21,13 +21,17 @@ import (
 const testModel = "Qwen/Qwen2.5-14B-Instruct"
 
 // startSim serves a simulated vLLM backend on loopback, 200x faster than real time.
-func startSim(t testing.TB, profile string) string {
+func startSim(t testing.TB, profile string) string { return startSimSpeed(t, profile, 200) }
+
+// startSimSpeed serves a simulated vLLM backend on loopback, speedup
+// times faster than real time.
+func startSimSpeed(t testing.TB, profile string, speedup float64) string {
 	t.Helper()
 	prof, ok := sim.BuiltinProfile(profile)
 	if !ok {
 		t.Fatalf("no profile %q", profile)
 	}
-	s, url, err := sim.Start(sim.Options{Profile: prof, Seed: 1, Speedup: 200}, "127.0.0.1:0")
+	s, url, err := sim.Start(sim.Options{Profile: prof, Seed: 1, Speedup: speedup}, "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,13 +53,16 @@ type stack struct {
 	dbPath   string
 }
 
-func startStack(t testing.TB, token string) *stack {
+func startStack(t testing.TB, token string) *stack { return startStackSpeed(t, token, 200) }
+
+// startStackSpeed is startStack with sims speedup times faster than real time.
+func startStackSpeed(t testing.TB, token string, speedup float64) *stack {
 	t.Helper()
 	st := &stack{}
 	cfg := config.Default()
 	cfg.Backends = []config.Backend{
-		{Name: "baseline", URL: startSim(t, "baseline"), Model: testModel},
-		{Name: "optimized", URL: startSim(t, "optimized"), Model: testModel},
+		{Name: "baseline", URL: startSimSpeed(t, "baseline", speedup), Model: testModel},
+		{Name: "optimized", URL: startSimSpeed(t, "optimized", speedup), Model: testModel},
 	}
 	cfg.Route.Mode = "mirror"
 	cfg.Route.Primary = "baseline"

@@ -119,6 +119,8 @@ type BackendLive struct {
 	TotalErrors    int64   `json:"total_errors"`     // since the server started
 	WindowSeconds  float64 `json:"window_seconds"`   // span the rates are over
 	LastFinishedNS int64   `json:"last_finished_ns"` // end of the latest request; 0 if none yet
+	InFlight       int64   `json:"in_flight"`        // primary requests at this backend now
+	ShadowInFlight int64   `json:"shadow_in_flight"` // shadow copies at this backend now
 }
 
 // LiveSnapshot is one /api/live event.
@@ -226,6 +228,13 @@ func (m *Metrics) computeSnapshot(now time.Time) LiveSnapshot {
 	if f := m.proxyStats.Load(); f != nil {
 		ps := (*f)()
 		s.InFlight, s.ShadowInFlight, s.ShadowSkipped = ps.InFlight, ps.ShadowInflight, ps.ShadowSkipped
+		for _, pb := range ps.Backends {
+			for i := range s.Backends {
+				if b := &s.Backends[i]; b.Backend == pb.Name {
+					b.InFlight, b.ShadowInFlight = pb.InFlight, pb.ShadowInFlight
+				}
+			}
+		}
 	}
 	if f := m.recStats.Load(); f != nil {
 		rs := (*f)()

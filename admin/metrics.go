@@ -25,6 +25,7 @@ const (
 	MetricAddedLatency  = "abproxy_added_latency_seconds"
 	MetricRequests      = "abproxy_requests_total"
 	MetricInFlight      = "abproxy_in_flight_requests"
+	MetricBackendFlight = "abproxy_backend_in_flight_requests"
 	MetricShadowFlight  = "abproxy_shadow_in_flight_requests"
 	MetricShadowSkipped = "abproxy_shadow_skipped_total"
 	MetricQueueDepth    = "abproxy_recorder_queue_depth"
@@ -126,7 +127,8 @@ func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 // Live is the rolling window behind /api/live and the dashboard.
 func (m *Metrics) Live() *Live { return m.live }
 
-// WatchProxy makes the in-flight and shadow gauges read f (proxy.Stats).
+// WatchProxy makes the in-flight (whole proxy and per backend) and shadow
+// gauges read f (proxy.Stats).
 func (m *Metrics) WatchProxy(f func() proxy.Stats) { m.proxyStats.Store(&f) }
 
 // WatchRecorder makes the recorder gauges read f (recorder.Stats).
@@ -242,6 +244,7 @@ type statsCollector struct{ m *Metrics }
 
 var (
 	descInFlight      = prometheus.NewDesc(MetricInFlight, "Requests being served now, shadows included (in-flight streams).", nil, nil)
+	descBackendFlight = prometheus.NewDesc(MetricBackendFlight, "Requests at a backend now, by role: sent to it and not finished.", []string{"backend", "role"}, nil)
 	descShadowFlight  = prometheus.NewDesc(MetricShadowFlight, "Shadow (mirrored) requests running now.", nil, nil)
 	descShadowSkipped = prometheus.NewDesc(MetricShadowSkipped, "Shadow copies skipped because route.max_shadow_inflight was reached.", nil, nil)
 	descQueueDepth    = prometheus.NewDesc(MetricQueueDepth, "Records waiting for the recorder's writer.", nil, nil)
@@ -252,7 +255,7 @@ var (
 )
 
 func (c statsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descInFlight, descShadowFlight, descShadowSkipped,
+	for _, d := range []*prometheus.Desc{descInFlight, descBackendFlight, descShadowFlight, descShadowSkipped,
 		descQueueDepth, descQueueCap, descRecWritten, descRecDropped, descRecFailed} {
 		ch <- d
 	}
@@ -264,6 +267,10 @@ func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
 		ps = (*f)()
 	}
 	ch <- prometheus.MustNewConstMetric(descInFlight, prometheus.GaugeValue, float64(ps.InFlight))
+	for _, b := range ps.Backends {
+		ch <- prometheus.MustNewConstMetric(descBackendFlight, prometheus.GaugeValue, float64(b.InFlight), b.Name, recorder.RolePrimary)
+		ch <- prometheus.MustNewConstMetric(descBackendFlight, prometheus.GaugeValue, float64(b.ShadowInFlight), b.Name, recorder.RoleShadow)
+	}
 	ch <- prometheus.MustNewConstMetric(descShadowFlight, prometheus.GaugeValue, float64(ps.ShadowInflight))
 	ch <- prometheus.MustNewConstMetric(descShadowSkipped, prometheus.CounterValue, float64(ps.ShadowSkipped))
 	var rs recorder.Stats

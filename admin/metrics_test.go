@@ -100,7 +100,7 @@ func TestMetricsMatchRecords(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, name := range []string{MetricTTFT, MetricTPOT, MetricDuration, MetricTokenUsage, MetricITL, MetricAddedLatency,
-		MetricRequests, MetricInFlight, MetricShadowFlight, MetricShadowSkipped, MetricQueueDepth, MetricRecDropped, MetricRecWritten} {
+		MetricRequests, MetricInFlight, MetricBackendFlight, MetricShadowFlight, MetricShadowSkipped, MetricQueueDepth, MetricRecDropped, MetricRecWritten} {
 		if fams[name] == nil {
 			t.Errorf("metric %s missing", name)
 		}

@@ -18,6 +18,7 @@ import (
 	"github.com/valyala/fastjson"
 
 	"github.com/abproxy/abproxy/internal/reqid"
+	"github.com/abproxy/abproxy/recorder"
 	"github.com/abproxy/abproxy/tokenizer"
 )
 
@@ -56,6 +57,11 @@ type Options struct {
 	// Version and Args go into run metadata.
 	Version string
 	Args    []string
+	// NewScraper makes the scraper of the backends' /metrics
+	// (Config.Scrape, Config.ScrapeInterval); store writes rows into
+	// bench's database. cmd/abproxy passes one built on admin.Scraper.
+	// Nil turns scraping off.
+	NewScraper func(targets []ScrapeTarget, store func([]recorder.BackendMetric) error) Scraper
 }
 
 // arm is one backend bench sends to.
@@ -80,6 +86,7 @@ type Bench struct {
 	store     *store
 	server    string // GET /version of a direct target
 	prefix    string
+	scrape    *scrapeState // nil when not scraping
 	ids       reqid.Gen
 	out, prog io.Writer
 }
@@ -142,6 +149,10 @@ func New(ctx context.Context, cfg Config, opts Options) (*Bench, error) {
 		return nil, err
 	}
 	if err := b.preflight(ctx); err != nil {
+		b.Close()
+		return nil, err
+	}
+	if err := b.setupScraper(); err != nil {
 		b.Close()
 		return nil, err
 	}

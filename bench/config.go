@@ -64,6 +64,14 @@ type Config struct {
 	IdleTimeout time.Duration `json:"-"`
 	// MatchTimeout bounds the wait for the proxy's rows after a run.
 	MatchTimeout time.Duration `json:"-"`
+	// Scrape are Prometheus endpoints to store in backend_metrics while
+	// runs go, as NAME=URL (the backend's name, its base or /metrics URL).
+	// Empty scrapes the target itself when it is a backend; behind a proxy,
+	// serve scrapes its backends into the same file.
+	Scrape []string `json:"scrape,omitempty"`
+	// ScrapeInterval is how often they are scraped, besides once at each
+	// run's start and end; 0 turns scraping off.
+	ScrapeInterval time.Duration `json:"-"`
 }
 
 // validate checks what can be checked without files or the network and
@@ -134,6 +142,14 @@ func (c *Config) validate() error {
 	}
 	if strings.ContainsAny(c.RunName, "\r\n") {
 		return errors.New("--run-name must not contain a line break")
+	}
+	for _, v := range c.Scrape {
+		if _, err := parseScrape(v); err != nil {
+			return err
+		}
+	}
+	if c.ScrapeInterval < 0 {
+		return fmt.Errorf("--scrape-interval must not be negative, got %s (0 turns scraping off)", c.ScrapeInterval)
 	}
 	if c.IdleTimeout < 0 || c.MatchTimeout < 0 {
 		return errors.New("timeouts must not be negative")

@@ -25,6 +25,7 @@ func (b *Bench) meta(ar *armRun, sum *RunSummary) map[string]any {
 	flags["max_time_per_run_s"] = b.cfg.MaxTime.Seconds()
 	flags["idle_timeout_s"] = b.cfg.IdleTimeout.Seconds()
 	flags["match_timeout_s"] = b.cfg.MatchTimeout.Seconds()
+	flags["scrape_interval_s"] = b.cfg.ScrapeInterval.Seconds()
 	flags["api_key_set"] = b.cfg.APIKey != ""
 	ds := map[string]any{"sha256": b.corpus.SHA256, "lines": len(b.corpus.Lines), "generated": b.corpus.Generated()}
 	if !b.corpus.Generated() {
@@ -52,6 +53,9 @@ func (b *Bench) meta(ar *armRun, sum *RunSummary) map[string]any {
 		"dataset":            ds,
 		"warmup_requests":    b.cfg.Warmup,
 		"status":             "running",
+	}
+	if b.scrape != nil {
+		m["scraped"] = b.scrape.targets // where backend_metrics rows of this run come from
 	}
 	if ar.st.rate > 0 {
 		m["request_rate"] = ar.st.rate

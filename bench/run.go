@@ -55,6 +55,11 @@ func (b *Bench) Run(ctx context.Context) ([]RunSummary, error) {
 	steps := b.steps()
 	var all []RunSummary
 	b.printHeader(len(steps))
+	if b.scrape != nil {
+		sctx, stop := context.WithCancel(ctx)
+		defer stop()
+		go b.scrapeLoop(sctx)
+	}
 	for i, st := range steps {
 		if ctx.Err() != nil {
 			return all, ErrInterrupted
@@ -172,6 +177,7 @@ func (b *Bench) runStep(ctx context.Context, idx, n int, st step) ([]RunSummary,
 		}
 	}
 
+	b.scrapeNow(ctx) // opens the runs' counter increases (before warmup, if any)
 	cpu0, wall0 := cpuTime(), time.Now()
 	prog := b.startProgress(idx, n, st, runs)
 	t0 := time.Now().Add(5 * time.Millisecond) // open loop: both arms share the arrival clock
@@ -197,6 +203,7 @@ func (b *Bench) runStep(ctx context.Context, idx, n int, st step) ([]RunSummary,
 	prog.stop()
 	cpu := cpuTime() - cpu0
 	wall := time.Since(wall0)
+	b.scrapeNow(ctx) // closes them: every request of the step has ended
 
 	var chunks, stalls, fails int64
 	for _, ar := range runs {

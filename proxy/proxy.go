@@ -169,11 +169,35 @@ type Stats struct {
 	InFlight       int64  // requests being served, shadows included
 	ShadowInflight int64  // shadow requests running
 	ShadowSkipped  uint64 // shadow copies skipped because max_shadow_inflight was reached
+	// Backends are the requests at each backend now, in configuration order.
+	Backends []BackendStats
+}
+
+// BackendStats are one backend's in-flight requests. A request counts
+// from when it is sent to the backend until its response has ended, so
+// requests refused before a backend was chosen are in Stats.InFlight only.
+type BackendStats struct {
+	Name           string // backend name
+	InFlight       int64  // primary requests (the client's) at this backend
+	ShadowInFlight int64  // shadow copies at this backend
 }
 
 // Stats reads the counters.
 func (p *Proxy) Stats() Stats {
-	return Stats{InFlight: p.inflightN.Load(), ShadowInflight: p.shadowInflight.Load(), ShadowSkipped: p.shadowSkipped.Load()}
+	s := Stats{InFlight: p.inflightN.Load(), ShadowInflight: p.shadowInflight.Load(), ShadowSkipped: p.shadowSkipped.Load(),
+		Backends: make([]BackendStats, len(p.upstreams))}
+	for i, u := range p.upstreams {
+		s.Backends[i] = BackendStats{Name: u.name, InFlight: u.inflight[0].Load(), ShadowInFlight: u.inflight[1].Load()}
+	}
+	return s
+}
+
+// flight is the upstream's in-flight counter for a request's role.
+func (u *upstream) flight(role string) *atomic.Int64 {
+	if role == recorder.RoleShadow {
+		return &u.inflight[1]
+	}
+	return &u.inflight[0]
 }
 
 // SetRoute replaces the routing table atomically: requests already routed
@@ -441,6 +465,7 @@ type exchange struct {
 // connection the backend closed meanwhile gets one retry on a fresh one.
 // A non-zero deadline bounds the whole exchange (shadows).
 func (p *Proxy) roundTrip(req *fasthttp.Request, uri []byte, rec *recorder.Request, up *upstream, body []byte, tapped bool, h *fasthttp.ResponseHeader, deadline time.Time) (*upConn, error) {
+	up.flight(rec.Role).Add(1) // until done: every exchange that gets here ends there
 	for attempt := 0; ; attempt++ {
 		c, err := up.get()
 		if err != nil {
@@ -631,6 +656,7 @@ func (x *exchange) release(reuse bool) {
 // be, for the primary's output to compare with.
 func (x *exchange) done() {
 	rec := x.rec
+	x.up.flight(rec.Role).Add(-1)
 	var sr *shadowResult
 	if t := x.tap; t != nil {
 		rec.FinishReason = t.finishReason

@@ -42,6 +42,10 @@ type upstream struct {
 	mu   sync.Mutex
 	idle []*upConn
 	max  int
+
+	// inflight counts requests at this backend now: [0] primaries, [1]
+	// shadows, from roundTrip until done (Proxy.Stats).
+	inflight [2]atomic.Int64
 }
 
 func newUpstream(b config.Backend, connectTimeout, idleTimeout time.Duration, maxIdle int) (*upstream, error) {

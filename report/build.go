@@ -89,6 +89,9 @@ func Build(ctx context.Context, db *sql.DB, opts Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := addServerStats(ctx, db, rep); err != nil {
+		return nil, err
+	}
 	if warmups > 0 {
 		rep.Notes = append([]string{fmt.Sprintf("%s (bench --warmup) %s left out; name one with --run to include it.", plural(warmups, "warmup run", "warmup runs"), isAre(warmups))}, rep.Notes...)
 	}

@@ -25,6 +25,12 @@ var CSVHeader = func() []string {
 	return append(h, "goodput_met", "goodput_share", "goodput_rate")
 }()
 
+// CSVServerHeader are the columns WriteCSV appends when some run has
+// server metrics (Stats.Server): its ServerStats, empty for a run without.
+var CSVServerHeader = []string{"server_samples", "server_running_mean", "server_running_max",
+	"server_waiting_mean", "server_waiting_max", "server_kv_cache_metric", "server_kv_cache_usage_mean",
+	"server_kv_cache_usage_max", "server_preemptions", "server_ttft_requests", "server_ttft_p50_ms", "server_ttft_mean_ms"}
+
 func suffixMS(stat string) string {
 	if stat == "count" {
 		return ""
@@ -33,10 +39,19 @@ func suffixMS(stat string) string {
 }
 
 // WriteCSV writes the per-run and per-window statistics as CSV with
-// CSVHeader; the other sections are in the JSON output.
+// CSVHeader (plus CSVServerHeader when some run has server metrics); the
+// other sections are in the JSON output.
 func WriteCSV(w io.Writer, r *Report) error {
 	cw := csv.NewWriter(w)
-	if err := cw.Write(CSVHeader); err != nil {
+	withServer := false
+	for _, s := range r.Runs {
+		withServer = withServer || s.Server != nil
+	}
+	header := CSVHeader
+	if withServer {
+		header = append(append([]string(nil), CSVHeader...), CSVServerHeader...)
+	}
+	if err := cw.Write(header); err != nil {
 		return err
 	}
 	write := func(section string, s Stats) error {
@@ -52,6 +67,15 @@ func WriteCSV(w io.Writer, r *Report) error {
 			row = append(row, strconv.Itoa(g.Met), ftoa(g.Share), pcell(g.Rate))
 		} else {
 			row = append(row, "", "", "")
+		}
+		if withServer {
+			if v := s.Server; v != nil {
+				row = append(row, strconv.Itoa(v.Samples), pcell(v.RunningMean), pcell(v.RunningMax), pcell(v.WaitingMean),
+					pcell(v.WaitingMax), v.KVCacheMetric, pcell(v.KVCacheMean), pcell(v.KVCacheMax), pcell(v.Preemptions),
+					pcell(v.TTFTRequests), pcell(v.TTFTP50), pcell(v.TTFTMean))
+			} else {
+				row = append(row, make([]string, len(CSVServerHeader))...)
+			}
 		}
 		return cw.Write(row)
 	}

@@ -286,6 +286,7 @@ func buildDocument(r *Report, withCharts bool) *document {
 			d.chart("cdf-ttft")
 			d.chart("itl")
 		}
+		serverSection(d, r)
 	}
 
 	if len(r.Mirror) > 0 {
@@ -345,6 +346,43 @@ func buildDocument(r *Report, withCharts bool) *document {
 		}
 	}
 	return d
+}
+
+// serverSection puts each backend's own metrics (scraped from its
+// /metrics) beside the run's client-side TTFT; nothing when none were
+// scraped.
+func serverSection(d *document, r *Report) {
+	t := newTable("Run", "Backend", "Role", "Scrapes", "Running mean", "Running max", "Waiting mean", "Waiting max",
+		"KV cache mean", "KV cache max", "Preemptions", "Client TTFT P50", "vLLM TTFT P50", "vLLM TTFT mean", "vLLM requests").numeric(3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14)
+	gpu := false
+	for _, s := range r.Runs {
+		v := s.Server
+		if v == nil {
+			continue
+		}
+		gpu = gpu || v.KVCacheMetric == seriesGPUCache
+		t.add(s.Run, s.Backend, s.Role, fmt.Sprint(v.Samples), fNum(v.RunningMean, 1), fNum(v.RunningMax, 0),
+			fNum(v.WaitingMean, 1), fNum(v.WaitingMax, 0), fSharePtr(v.KVCacheMean), fSharePtr(v.KVCacheMax),
+			fNum(v.Preemptions, 0), fAuto(s.TTFT.P50), fAuto(v.TTFTP50), fAuto(v.TTFTMean), fNum(v.TTFTRequests, 0))
+	}
+	if len(t.rows) == 0 {
+		return
+	}
+	d.h(3, "Server State")
+	kv := "vllm:kv_cache_usage_perc"
+	if gpu {
+		kv += " (vllm:gpu_cache_usage_perc where only that is exposed)"
+	}
+	d.p("From each backend's own /metrics, scraped into backend_metrics while the run went: running and waiting requests (vllm:num_requests_running, vllm:num_requests_waiting) and KV-cache usage (%s) over the scrapes within the run; preemptions and vLLM's TTFT from the increase of vllm:num_preemptions_total and of its vllm:time_to_first_token_seconds histogram between the scrapes just before and just after the run. Client TTFT P50 is the one measured here, as in the Runs table; vLLM's P50 is interpolated within a histogram bucket, so it is coarse, and vLLM's TTFT starts when the server received the request.", kv)
+	d.tbl(t)
+}
+
+// fSharePtr is fShare of a value that may be missing.
+func fSharePtr(v *float64) string {
+	if v == nil {
+		return dash
+	}
+	return fShare(*v)
 }
 
 func fSignedMs(v *float64) string {

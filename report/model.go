@@ -109,6 +109,10 @@ type Stats struct {
 
 	Goodput *Goodput `json:"goodput"` // null without an SLO
 	Notes   []string `json:"notes"`   // e.g. why a metric has no samples
+
+	// Server is the backend's own metrics around the run (runs[] only),
+	// absent when none were scraped then.
+	Server *ServerStats `json:"server,omitempty"`
 }
 
 // Goodput is the share of requests meeting every objective of the SLO.

@@ -12,7 +12,9 @@ import (
 	"github.com/mattn/go-isatty"
 	"github.com/spf13/cobra"
 
+	"github.com/abproxy/abproxy/admin"
 	"github.com/abproxy/abproxy/bench"
+	"github.com/abproxy/abproxy/recorder"
 )
 
 type benchFlags struct {
@@ -35,7 +37,10 @@ Each scenario × load level × backend is one run in the database (kind
 requests under the run (X-ABProxy-Run), pins the backend
 (X-ABProxy-Backend) and afterwards adds its client-side times to the
 proxy's records; the difference is the proxy's overhead, reported per run.
-Against a backend directly, bench writes complete request rows itself.
+Against a backend directly, bench writes complete request rows itself,
+and stores the backend's own /metrics in backend_metrics while it runs
+(--scrape-interval; behind a proxy, serve does that), so the report can
+show server state beside client latency.
 
 Prompt sizes are exact with --tokenizer: the prompt_tokens the server
 reports equals the planned count, chat template included. Ctrl-C stops:
@@ -72,6 +77,8 @@ finished runs are kept, the current one is marked incomplete.`,
 	fl.DurationVar(&c.IdleTimeout, "idle-timeout", 5*time.Minute, "fail a request when the server sends nothing for this long")
 	fl.DurationVar(&c.MatchTimeout, "match-timeout", 15*time.Second, "how long to wait for the proxy's records after each run")
 	fl.DurationVar(&f.progressEach, "progress-interval", 10*time.Second, "progress line interval when not on a terminal")
+	fl.StringArrayVar(&c.Scrape, "scrape", nil, "NAME=URL: a backend's Prometheus endpoint (base or /metrics URL) to store in backend_metrics while benchmarking, repeatable (default: the target itself when it is a backend; behind a proxy, serve scrapes)")
+	fl.DurationVar(&c.ScrapeInterval, "scrape-interval", bench.DefaultScrapeInterval, "how often to scrape backend /metrics, besides at each run's start and end (0: no scraping)")
 	return cmd
 }
 
@@ -112,6 +119,7 @@ func runBench(ctx context.Context, f *benchFlags) error {
 		ProgressInterval: f.progressEach,
 		Version:          version,
 		Args:             os.Args[1:],
+		NewScraper:       newBenchScraper(f.cfg.ScrapeInterval),
 	})
 	if err != nil {
 		if errors.Is(err, bench.ErrInterrupted) {
@@ -127,4 +135,16 @@ func runBench(ctx context.Context, f *benchFlags) error {
 		return exitError{130, fmt.Errorf("interrupted: finished runs are kept, the current one is marked incomplete")}
 	}
 	return err
+}
+
+// newBenchScraper plugs admin.Scraper into bench (which does not import
+// the control plane): each scrape is bounded by the interval (1–10 s).
+func newBenchScraper(interval time.Duration) func([]bench.ScrapeTarget, func([]recorder.BackendMetric) error) bench.Scraper {
+	return func(targets []bench.ScrapeTarget, store func([]recorder.BackendMetric) error) bench.Scraper {
+		s := &admin.Scraper{Interval: interval, Store: store}
+		for _, t := range targets {
+			s.Targets = append(s.Targets, admin.ScrapeTarget{Backend: t.Backend, URL: t.URL})
+		}
+		return s
+	}
 }
