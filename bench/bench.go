@@ -17,6 +17,7 @@ import (
 
 	"github.com/valyala/fastjson"
 
+	"github.com/abproxy/abproxy/internal/fdtable"
 	"github.com/abproxy/abproxy/internal/reqid"
 	"github.com/abproxy/abproxy/recorder"
 	"github.com/abproxy/abproxy/tokenizer"
@@ -111,6 +112,9 @@ func New(ctx context.Context, cfg Config, opts Options) (*Bench, error) {
 		b.scenarios = append(b.scenarios, sc)
 	}
 	b.ids.Init()
+	// thousands of streams open thousands of sockets: size the descriptor
+	// table before the clock starts (see internal/fdtable)
+	_, _ = fdtable.Reserve(fdtable.Max)
 	b.prefix = cfg.RunName
 	if b.prefix == "" {
 		b.prefix = "bench-" + time.Now().Format("20060102-150405")

@@ -22,6 +22,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/abproxy/abproxy/config"
+	"github.com/abproxy/abproxy/internal/fdtable"
 	"github.com/abproxy/abproxy/internal/reqid"
 	"github.com/abproxy/abproxy/internal/wire"
 	"github.com/abproxy/abproxy/recorder"
@@ -124,6 +125,12 @@ func New(opts Options) (*Proxy, error) {
 		shutdownCh: make(chan struct{}),
 	}
 	p.ids.Init()
+	// before any traffic: a table that grows under load stalls the process
+	if n, err := fdtable.Reserve(fdtable.Max); err != nil {
+		log.Warn("could not size the file descriptor table up front", zap.Error(err))
+	} else {
+		log.Debug("file descriptor table sized", zap.Int("descriptors", n))
+	}
 	for _, b := range cfg.Backends {
 		u, err := newUpstream(b, cfg.Proxy.ConnectTimeout.Duration, cfg.Proxy.IdleTimeout.Duration, 1024)
 		if err != nil {
