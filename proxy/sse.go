@@ -253,15 +253,10 @@ func fastContent(d []byte) (text []byte, ok bool) {
 	default:
 		return nil, false
 	}
-	// the text itself, up to its closing quote
-	i := 0
-	for i < len(d) && d[i] != '"' {
-		if d[i] == '\\' || d[i] < 0x20 {
-			return nil, false
-		}
-		i++
-	}
-	if i == 0 || i == len(d) {
+	// the text itself, up to its closing quote (fastjson, like this scan,
+	// lets control characters through)
+	i := bytes.IndexByte(d, '"')
+	if i <= 0 || bytes.IndexByte(d[:i], '\\') >= 0 {
 		return nil, false
 	}
 	text, d = d[:i], d[i+1:]
@@ -311,15 +306,15 @@ func plainString(d []byte) (s, rest []byte, ok bool) {
 	if len(d) == 0 || d[0] != '"' {
 		return nil, nil, false
 	}
-	for i := 1; i < len(d); i++ {
-		switch c := d[i]; {
-		case c == '"':
-			return d[1:i], d[i+1:], true
-		case c == '\\' || c < 0x20:
-			return nil, nil, false
-		}
+	i := bytes.IndexByte(d[1:], '"')
+	if i < 0 {
+		return nil, nil, false
 	}
-	return nil, nil, false
+	s = d[1 : 1+i]
+	if bytes.IndexByte(s, '\\') >= 0 {
+		return nil, nil, false
+	}
+	return s, d[2+i:], true
 }
 
 // plainValue skips a plain string, an integer or null at the start of d.

@@ -14,6 +14,27 @@ import (
 // EventEnd returns the length of the first event in p including its blank
 // line terminator (LF LF, CRLF CRLF, or CR CR as the SSE spec allows), or -1.
 func EventEnd(p []byte) int {
+	// LF-only streams (vLLM's) take vectorised scans; a CR anywhere before
+	// the first LF LF takes the byte loop, which also knows CR CR.
+	for off := 0; ; {
+		i := bytes.IndexByte(p[off:], '\n')
+		if i < 0 || off+i+1 >= len(p) {
+			break
+		}
+		i += off
+		if p[i+1] == '\n' {
+			if bytes.IndexByte(p[:i], '\r') >= 0 {
+				break
+			}
+			return i + 2
+		}
+		off = i + 1
+	}
+	return eventEndSlow(p)
+}
+
+// eventEndSlow is EventEnd for streams with CRs in them.
+func eventEndSlow(p []byte) int {
 	for i := 0; i < len(p); i++ {
 		switch p[i] {
 		case '\n':
@@ -40,7 +61,7 @@ func EventData(ev []byte) []byte {
 	for len(ev) > 0 {
 		line := ev
 		ev = nil
-		if i := bytes.IndexAny(line, "\r\n"); i >= 0 {
+		if i := lineEnd(line); i >= 0 {
 			rest := line[i+1:]
 			if line[i] == '\r' && len(rest) > 0 && rest[0] == '\n' {
 				rest = rest[1:]
@@ -68,6 +89,21 @@ func EventData(ev []byte) []byte {
 }
 
 var dataPrefix = []byte("data:")
+
+// lineEnd is the index of the first CR or LF in p, or -1. Two IndexByte
+// scans (vectorised) are several times faster than IndexAny's byte loop
+// on an event's one long line.
+func lineEnd(p []byte) int {
+	lf := bytes.IndexByte(p, '\n')
+	end := lf
+	if end < 0 {
+		end = len(p)
+	}
+	if cr := bytes.IndexByte(p[:end], '\r'); cr >= 0 {
+		return cr
+	}
+	return lf
+}
 
 // AppendJSONString appends s JSON-escaped, without the surrounding quotes,
 // the way Python's json/pydantic write it (UTF-8 kept as is, control

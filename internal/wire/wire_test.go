@@ -37,6 +37,18 @@ func TestEventEndAndData(t *testing.T) {
 	}
 }
 
+// FuzzEventEnd checks the vectorised EventEnd against the byte loop.
+func FuzzEventEnd(f *testing.F) {
+	for _, s := range []string{"data: a\n\nx", "a\r\n\r\nb", "a\r\rb", "a\n\r\n", "\n", "a\nb\n\n", "a\r\nb\n\n"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, p []byte) {
+		if got, want := EventEnd(p), eventEndSlow(p); got != want {
+			t.Fatalf("EventEnd(%q) = %d, byte loop %d", p, got, want)
+		}
+	})
+}
+
 // checkJSONString asserts that AppendJSONString's output is a JSON string
 // body that decodes back to s (with invalid UTF-8 replaced, as encoding/json
 // also does).

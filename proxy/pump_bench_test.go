@@ -1,0 +1,115 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"testing"
+
+	"github.com/abproxy/abproxy/config"
+	"github.com/abproxy/abproxy/internal/wire"
+	"github.com/abproxy/abproxy/recorder"
+)
+
+// chunkedStream is n vLLM content events, one HTTP chunk each, then the
+// finish, usage and [DONE] events and the last chunk, as vLLM sends them.
+func chunkedStream(n int) []byte {
+	var b bytes.Buffer
+	ev := func(data string) {
+		e := "data: " + data + "\n\n"
+		fmt.Fprintf(&b, "%x\r\n%s\r\n", len(e), e)
+	}
+	for range n {
+		ev(vllmChat)
+	}
+	ev(vllmFinish)
+	ev(vllmUsage)
+	ev("[DONE]")
+	b.WriteString("0\r\n\r\n")
+	return b.Bytes()
+}
+
+// loopReader serves the same stream over and over, in reads of at most
+// one event, like a socket delivering one engine step at a time.
+type loopReader struct {
+	data []byte
+	off  int
+}
+
+func (r *loopReader) Read(p []byte) (int, error) {
+	if r.off == len(r.data) {
+		r.off = 0
+	}
+	rest := r.data[r.off:]
+	// one chunk per read: up to the end of the next chunk's CRLF
+	end := bytes.Index(rest, []byte("\n\n\r\n"))
+	n := len(rest)
+	if end >= 0 {
+		n = end + 4
+	}
+	n = copy(p, rest[:n])
+	r.off += n
+	return n, nil
+}
+
+// BenchmarkPumpEvents measures the proxy's per-event work on a stream,
+// without sockets: framing, splitting, the tap, the chunk times, and the
+// copy to the client writer. One op is one event.
+func BenchmarkPumpEvents(b *testing.B) {
+	const perStream = 256
+	data := chunkedStream(perStream)
+	cfg := config.Default()
+	cfg.Backends = []config.Backend{{Name: "a", URL: "http://127.0.0.1:1"}}
+	p, err := New(Options{Config: cfg})
+	if err != nil {
+		b.Fatal(err)
+	}
+	src := &loopReader{data: data}
+	c1, c2 := net.Pipe()
+	defer c1.Close()
+	defer c2.Close()
+	conn := &upConn{c: c1, br: bufio.NewReaderSize(src, 4<<10)}
+	b.ReportAllocs()
+	b.SetBytes(int64(len(data) / (perStream + 3)))
+	b.ResetTimer()
+	for done := 0; done < b.N; done += perStream + 3 {
+		p.inflight.Add(1) // as handle does; done gives it back
+		p.inflightN.Add(1)
+		rec := &recorder.Request{}
+		x := &exchange{p: p, up: p.upstreams[0], rec: rec, conn: conn, tap: p.taps.Get().(*tap), keepUse: true}
+		x.tap.reset(false)
+		x.dec = bodyDecoder{br: conn.br, mode: bodyChunked, state: chunkSize}
+		if _, err := x.pump(io.Discard); err != nil || rec.Error != "" {
+			b.Fatal(err, rec.Error, rec.ErrorDetail)
+		}
+		if len(rec.ChunkNS) != perStream+1 {
+			b.Fatalf("%d content chunks, want %d", len(rec.ChunkNS), perStream+1)
+		}
+	}
+}
+
+// BenchmarkTapEvent compares the tap's byte-scan fast path with the full
+// JSON parse on one ordinary content event, both from the raw event.
+func BenchmarkTapEvent(b *testing.B) {
+	ev := []byte("data: " + vllmChat + "\n\n")
+	t := newTap()
+	t.reset(false)
+	b.Run("fast", func(b *testing.B) {
+		b.ReportAllocs()
+		for range b.N {
+			if t.event(ev) != eventContent {
+				b.Fatal("not content")
+			}
+		}
+	})
+	b.Run("parse", func(b *testing.B) {
+		b.ReportAllocs()
+		for range b.N {
+			if t.parse(wire.EventData(ev)) != eventContent {
+				b.Fatal("not content")
+			}
+		}
+	})
+}
