@@ -760,67 +760,100 @@ func (x *exchange) Close() error {
 func (x *exchange) pump(w io.Writer) (int64, error) {
 	rec := x.rec
 	op := x.p.bufs.Get().(*[]byte)
-	out := (*op)[:0]
 	if cap(rec.ChunkNS) == 0 {
 		rec.ChunkNS = make([]int64, 0, 64)
 	}
-	var written int64
-	var werr error
-	t := x.conn.readTime() // body bytes that came with the header
+	st := pumpState{w: w, out: (*op)[:0], t: x.conn.readTime()} // body bytes that came with the header
+	if err := x.conn.session(func() bool { return x.pumpStep(&st) }); err != nil && !st.ended {
+		// the wait for data failed: idle timeout, shutdown, closed
+		x.endStream(&st, err)
+	}
+	// only now: closing a connection waits for its read session to end
+	x.release(st.reuse)
+	if cap(st.out) <= 64<<10 { // a burst's buffer is not worth keeping
+		*op = st.out[:0]
+		x.p.bufs.Put(op)
+	}
+	rec.BytesOut = st.written
+	x.done()
+	return st.written, st.werr
+}
+
+// pumpState is what the pump carries between steps of a read session.
+type pumpState struct {
+	w       io.Writer
+	out     []byte // events for the client, written before each wait
+	t       int64  // receive time of the last socket read
+	written int64
+	werr    error // the client's write error
+	ended   bool
+	reuse   bool // the connection can go back to the pool
+}
+
+// pumpStep moves what the socket has to the client. It returns false
+// when the socket is empty, to wait in the session, and true at the end
+// of the stream.
+func (x *exchange) pumpStep(st *pumpState) bool {
+	rec := x.rec
 	for {
 		seg, err := x.dec.next()
 		if len(seg) > 0 {
-			out = x.consume(seg, t, out)
+			st.out = x.consume(seg, st.t, st.out)
 		}
 		if err == nil {
 			continue
 		}
 		if err == io.EOF {
 			// a last event without its blank line: pass it on as sent
-			out = append(out, x.events.pending()...)
+			st.out = append(st.out, x.events.pending()...)
 		}
-		if len(out) > 0 { // an empty write would end the chunked body
-			m, e := w.Write(out)
-			written += int64(m)
-			out = out[:0]
+		if len(st.out) > 0 { // an empty write would end the chunked body
+			m, e := st.w.Write(st.out)
+			st.written += int64(m)
+			st.out = st.out[:0]
 			if x.firstSent == 0 && rec.FirstTokenNS != 0 {
 				x.firstSent = now()
 			}
 			if e != nil {
-				werr = e
+				st.werr, st.ended = e, true
 				rec.Error = ErrClientCancelled
 				rec.ErrorDetail = "the client closed the connection before the stream ended"
-				rec.EndNS = t
-				x.release(false) // closing the connection makes vLLM abort the request
-				break
+				rec.EndNS = st.t
+				st.reuse = false // closing the connection makes vLLM abort the request
+				return true
 			}
 		}
 		if err == errNeedMore {
+			if x.conn.drained {
+				return false // the last read emptied the socket: wait, then read
+			}
 			err = x.dec.fill()
-			t = x.conn.readTime()
+			if err == wire.ErrWouldBlock {
+				return false
+			}
+			st.t = x.conn.readTime()
 			if err == nil {
 				continue
 			}
 		}
-		rec.EndNS = t
-		if err == io.EOF {
-			x.release(x.reusable && !x.dec.eof)
-			break
-		}
-		rec.EndNS = now() // the time of the failure, not of the last data
-		x.release(false)
-		x.readError(err)
-		m, _ := w.Write(errorEvent(rec.Error, rec.Error, rec.ErrorDetail))
-		written += int64(m)
-		break
+		x.endStream(st, err)
+		return true
 	}
-	if cap(out) <= 64<<10 { // a burst's buffer is not worth keeping
-		*op = out[:0]
-		x.p.bufs.Put(op)
+}
+
+// endStream finishes the stream at io.EOF or a read error.
+func (x *exchange) endStream(st *pumpState, err error) {
+	rec := x.rec
+	st.ended = true
+	rec.EndNS = st.t
+	if err == io.EOF {
+		st.reuse = x.reusable && !x.dec.eof
+		return
 	}
-	rec.BytesOut = written
-	x.done()
-	return written, werr
+	rec.EndNS = now() // the time of the failure, not of the last data
+	x.readError(err)
+	m, _ := st.w.Write(errorEvent(rec.Error, rec.Error, rec.ErrorDetail))
+	st.written += int64(m)
 }
 
 // consume splits payload bytes into events, lets the tap read each one

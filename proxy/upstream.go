@@ -89,6 +89,12 @@ type upConn struct {
 	armed    int64          // read deadline set on c, Unix ns; 0 = none
 	rx       *wire.RxReader // kernel receive timestamps; nil for TLS or non-Linux
 	rxNS     int64          // receive time of the data of the last socket read
+	// Inside a read session (see pump), Read uses the session's descriptor
+	// and reports an empty socket as wire.ErrWouldBlock instead of waiting;
+	// drained notes that the last read left the socket empty.
+	sessFD  uintptr
+	inSess  bool
+	drained bool
 }
 
 var errAborted = errors.New("request aborted by shutdown")
@@ -100,6 +106,19 @@ func (c *upConn) Read(p []byte) (int, error) {
 	if c.idleTO > 0 || !c.deadline.IsZero() || c.armed != 0 {
 		c.arm()
 	}
+	if c.inSess {
+		n, ts, err := c.rx.ReadFD(c.sessFD, p)
+		if err == wire.ErrWouldBlock {
+			c.drained = true
+			return 0, err
+		}
+		if n > 0 {
+			c.rxNS = ts
+			// TCP returns less than asked only when the receive queue ran dry
+			c.drained = n < len(p)
+		}
+		return n, err
+	}
 	if c.rx != nil {
 		n, ts, err := c.rx.Read(p)
 		if n > 0 {
@@ -108,6 +127,26 @@ func (c *upConn) Read(p []byte) (int, error) {
 		return n, err
 	}
 	return c.c.Read(p)
+}
+
+// session runs step under one raw read of the connection (see
+// wire.RxReader.Session) until it returns true. When step returns false
+// the socket was left empty, and the session waits for it to become
+// readable without the failed recvmsg a plain Read would make first.
+// Without kernel timestamps (TLS, non-Linux) step just runs in a loop on
+// blocking reads.
+func (c *upConn) session(step func() bool) error {
+	if c.rx == nil {
+		for !step() {
+		}
+		return nil
+	}
+	return c.rx.Session(func(fd uintptr) bool {
+		c.sessFD, c.inSess = fd, true
+		done := step()
+		c.inSess, c.drained = false, false
+		return done
+	})
 }
 
 // arm keeps the read deadline at the idle timeout after the last read,

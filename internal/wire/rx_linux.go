@@ -70,6 +70,36 @@ func (r *RxReader) Read(p []byte) (n int, rxNS int64, err error) {
 	return n, parseTimestampNS(r.oob[:oobn]), nil
 }
 
+// Session runs f under one raw read of the socket: f gets the descriptor
+// and reads it with ReadFD; returning false waits until the socket is
+// readable (or its deadline passes) and calls f again. Within a session
+// the wait needs no failed read first, which a Read per call cannot
+// avoid: Go's poller resets the readiness flag at the start of each read,
+// so every Read after data must try recvmsg once more and get EAGAIN.
+func (r *RxReader) Session(f func(fd uintptr) bool) error { return r.raw.Read(f) }
+
+// ReadFD is one recvmsg on fd inside a Session: it returns ErrWouldBlock
+// (not a wait) when nothing is there.
+func (r *RxReader) ReadFD(fd uintptr, p []byte) (n int, rxNS int64, err error) {
+	var oobn int
+	for {
+		n, oobn, _, _, err = unix.Recvmsg(int(fd), p, r.oob, 0)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err == unix.EAGAIN {
+		return 0, 0, ErrWouldBlock
+	}
+	if err != nil {
+		return 0, 0, err
+	}
+	if n == 0 && len(p) > 0 {
+		return 0, 0, io.EOF
+	}
+	return n, parseTimestampNS(r.oob[:oobn]), nil
+}
+
 // parseTimestampNS finds SCM_TIMESTAMPNS in a control message buffer
 // without allocating (unix.ParseSocketControlMessage allocates).
 func parseTimestampNS(oob []byte) int64 {

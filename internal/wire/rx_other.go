@@ -21,3 +21,9 @@ type RxConn struct {
 
 // NewRxConn returns nil outside Linux.
 func NewRxConn(net.Conn) *RxConn { return nil }
+
+// Session is never called: NewRxReader returns nil.
+func (r *RxReader) Session(func(fd uintptr) bool) error { panic("unreachable") }
+
+// ReadFD is never called: NewRxReader returns nil.
+func (r *RxReader) ReadFD(uintptr, []byte) (int, int64, error) { panic("unreachable") }

@@ -6,6 +6,7 @@ package wire
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"io"
 	"net/http/httputil"
 	"unicode/utf8"
@@ -89,6 +90,9 @@ func EventData(ev []byte) []byte {
 }
 
 var dataPrefix = []byte("data:")
+
+// ErrWouldBlock is RxReader.ReadFD's answer when the socket is empty.
+var ErrWouldBlock = errors.New("socket has no data now")
 
 // lineEnd is the index of the first CR or LF in p, or -1. Two IndexByte
 // scans (vectorised) are several times faster than IndexAny's byte loop
