@@ -4,7 +4,7 @@ BIN      ?= bin/abproxy
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
 # Packages whose tests start goroutines run under the race detector.
-RACE_PKGS := ./proxy/... ./router/... ./recorder/... ./sim/... ./bench/... ./report/... ./launcher/... ./admin/... ./cmd/...
+RACE_PKGS := ./proxy/... ./router/... ./recorder/... ./sim/... ./bench/... ./report/... ./launcher/... ./admin/... ./cmd/... ./internal/...
 
 .PHONY: build static test test-short bench demo lint fmt clean
 

@@ -57,8 +57,10 @@ func (b *Bench) Run(ctx context.Context) ([]RunSummary, error) {
 	b.printHeader(len(steps))
 	if b.scrape != nil {
 		sctx, stop := context.WithCancel(ctx)
-		defer stop()
-		go b.scrapeLoop(sctx)
+		looped := make(chan struct{})
+		go func() { defer close(looped); b.scrapeLoop(sctx) }()
+		// a scrape in flight must land before Close shuts the recorder
+		defer func() { stop(); <-looped }()
 	}
 	for i, st := range steps {
 		if ctx.Err() != nil {

@@ -122,7 +122,12 @@ func runDemo(ctx context.Context, out io.Writer, f *demoFlags) error {
 	fmt.Fprintf(out, "proxy         %s  recording into %s\n\n", target, f.db)
 
 	// the benchmark: both backends at once through the proxy
-	benchErr := runDemoBench(ctx, out, target, f)
+	// the sims' own /metrics go into the same file, as serve would scrape them
+	var scrape []string
+	for _, b := range cfg.Backends {
+		scrape = append(scrape, b.Name+"="+b.URL)
+	}
+	benchErr := runDemoBench(ctx, out, target, scrape, f)
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_ = p.Shutdown(sctx)
@@ -158,24 +163,27 @@ func runDemo(ctx context.Context, out io.Writer, f *demoFlags) error {
 }
 
 // runDemoBench runs the demo's benchmark with live progress on out.
-func runDemoBench(ctx context.Context, out io.Writer, target string, f *demoFlags) error {
+func runDemoBench(ctx context.Context, out io.Writer, target string, scrape []string, f *demoFlags) error {
 	tty := false
 	if fd, ok := out.(interface{ Fd() uintptr }); ok {
 		tty = isatty.IsTerminal(fd.Fd())
 	}
 	b, err := bench.New(ctx, bench.Config{
-		Target:       target,
-		Backends:     []string{"baseline", "optimized"},
-		Scenarios:    demoScenarios,
-		Concurrency:  demoConcurrency,
-		MaxRequests:  f.requests,
-		MaxTime:      time.Minute,
-		Seed:         1,
-		DB:           f.db,
-		RunName:      "demo",
-		IdleTimeout:  30 * time.Second,
-		MatchTimeout: 10 * time.Second,
+		Target:         target,
+		Backends:       []string{"baseline", "optimized"},
+		Scenarios:      demoScenarios,
+		Concurrency:    demoConcurrency,
+		MaxRequests:    f.requests,
+		MaxTime:        time.Minute,
+		Seed:           1,
+		DB:             f.db,
+		RunName:        "demo",
+		IdleTimeout:    30 * time.Second,
+		MatchTimeout:   10 * time.Second,
+		Scrape:         scrape,
+		ScrapeInterval: time.Second,
 	}, bench.Options{
+		NewScraper:       newBenchScraper(time.Second),
 		Out:              io.Discard, // the report below replaces bench's own table
 		Progress:         out,
 		TTY:              tty,

@@ -177,6 +177,7 @@ func TestDemoEndToEnd(t *testing.T) {
 		"[1/6] D(100,100) c2 baseline", "done (max_requests)", // live progress from bench
 		"MAX THROUGHPUT TEST", "MIN LATENCY TEST", "IMPROVEMENT SUMMARY", "COMPARISON BY LOAD LEVEL", "PROVENANCE",
 		"optimized is better than baseline on E2E P50 (c=2)",
+		"Server State", // the sims' own /metrics, scraped while the runs went
 		"Demo finished", "report.html",
 	} {
 		if !strings.Contains(out, want) {
@@ -209,5 +210,13 @@ func TestDemoEndToEnd(t *testing.T) {
 	}
 	if runs != 12 || reqs != 12*perRun || failed != 0 {
 		t.Errorf("demo database: %d bench runs, %d requests (%d failed); want 12, %d, 0", runs, reqs, failed, 12*perRun)
+	}
+	var scraped int
+	db.QueryRow(`SELECT count(DISTINCT backend) FROM backend_metrics WHERE name = 'vllm:num_requests_running'`).Scan(&scraped)
+	if scraped != 2 {
+		t.Errorf("backend_metrics holds vllm:num_requests_running for %d backends; want both sims", scraped)
+	}
+	if strings.Contains(out, "warning") {
+		t.Errorf("demo printed a warning:\n%s", out)
 	}
 }
