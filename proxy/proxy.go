@@ -759,21 +759,17 @@ func (x *exchange) Close() error {
 // arrived, with one copy in between.
 func (x *exchange) pump(w io.Writer) (int64, error) {
 	rec := x.rec
-	op := x.p.bufs.Get().(*[]byte)
 	if cap(rec.ChunkNS) == 0 {
 		rec.ChunkNS = make([]int64, 0, 64)
 	}
-	st := pumpState{w: w, out: (*op)[:0], t: x.conn.readTime()} // body bytes that came with the header
+	st := pumpState{w: w, t: x.conn.readTime()} // body bytes that came with the header
 	if err := x.conn.session(func() bool { return x.pumpStep(&st) }); err != nil && !st.ended {
 		// the wait for data failed: idle timeout, shutdown, closed
 		x.endStream(&st, err)
 	}
 	// only now: closing a connection waits for its read session to end
 	x.release(st.reuse)
-	if cap(st.out) <= 64<<10 { // a burst's buffer is not worth keeping
-		*op = st.out[:0]
-		x.p.bufs.Put(op)
-	}
+	st.giveBack(x.p)
 	rec.BytesOut = st.written
 	x.done()
 	return st.written, st.werr
@@ -782,12 +778,26 @@ func (x *exchange) pump(w io.Writer) (int64, error) {
 // pumpState is what the pump carries between steps of a read session.
 type pumpState struct {
 	w       io.Writer
-	out     []byte // events for the client, written before each wait
-	t       int64  // receive time of the last socket read
+	buf     *[]byte // out's pooled holder while the stream has output pending
+	out     []byte  // events for the client, written before each wait
+	t       int64   // receive time of the last socket read
 	written int64
 	werr    error // the client's write error
 	ended   bool
 	reuse   bool // the connection can go back to the pool
+}
+
+// giveBack returns the output buffer to the pool between writes: a
+// stream waiting for its next token holds no output buffer.
+func (st *pumpState) giveBack(p *Proxy) {
+	if st.buf == nil {
+		return
+	}
+	if cap(st.out) <= 64<<10 { // a burst's buffer is not worth keeping
+		*st.buf = st.out[:0]
+		p.bufs.Put(st.buf)
+	}
+	st.buf, st.out = nil, nil
 }
 
 // pumpStep moves what the socket has to the client. It returns false
@@ -798,6 +808,10 @@ func (x *exchange) pumpStep(st *pumpState) bool {
 	for {
 		seg, err := x.dec.next()
 		if len(seg) > 0 {
+			if st.buf == nil {
+				st.buf = x.p.bufs.Get().(*[]byte)
+				st.out = (*st.buf)[:0]
+			}
 			st.out = x.consume(seg, st.t, st.out)
 		}
 		if err == nil {
@@ -810,7 +824,7 @@ func (x *exchange) pumpStep(st *pumpState) bool {
 		if len(st.out) > 0 { // an empty write would end the chunked body
 			m, e := st.w.Write(st.out)
 			st.written += int64(m)
-			st.out = st.out[:0]
+			st.giveBack(x.p)
 			if x.firstSent == 0 && rec.FirstTokenNS != 0 {
 				x.firstSent = now()
 			}

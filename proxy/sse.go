@@ -49,6 +49,9 @@ func (b *eventBuffer) pending() []byte { return b.buf[b.off:] }
 
 var doneData = []byte("[DONE]")
 
+// parsers serves the taps' full JSON parses (see tap.parse).
+var parsers fastjson.ParserPool
+
 // eventKind is what the tap learned from one event.
 type eventKind uint8
 
@@ -63,7 +66,6 @@ const (
 // tap reads what a response says: content, usage, finish reason, and a
 // hash of the output text. One tap serves one response and is reused.
 type tap struct {
-	parser   fastjson.Parser
 	out      hash.Hash
 	outBytes int64
 	keepText bool
@@ -123,7 +125,11 @@ func (t *tap) event(ev []byte) eventKind {
 
 // parse classifies an event's data with a full JSON parse.
 func (t *tap) parse(data []byte) eventKind {
-	v, err := t.parser.ParseBytes(data)
+	// a parser keeps a cache of values sized by the largest document it
+	// saw: shared through a pool, not one held by every open stream
+	jp := parsers.Get()
+	defer parsers.Put(jp)
+	v, err := jp.ParseBytes(data)
 	if err != nil {
 		return eventOther
 	}
@@ -172,7 +178,9 @@ func (t *tap) parse(data []byte) eventKind {
 
 // body reads a complete non-streamed JSON response.
 func (t *tap) body(b []byte) {
-	v, err := t.parser.ParseBytes(b)
+	jp := parsers.Get()
+	defer parsers.Put(jp)
+	v, err := jp.ParseBytes(b)
 	if err != nil {
 		return
 	}
