@@ -168,7 +168,9 @@ func TestLiveStream(t *testing.T) {
 	if base.Requests != 5 || base.TotalRequests != 5 || opt.Shadow != 5 || byName[""].Errors != 1 {
 		t.Errorf("live stats: %+v", events[1].Backends)
 	}
-	if base.TTFTP50 <= 0 || base.TTFTP95 < base.TTFTP50 || base.E2EP95 < base.TTFTP95 || base.RequestRate <= 0 || base.OutputTokRate <= 0 {
+	// TTFT comes from the streamed requests only, E2E from all five, so
+	// only each metric's own percentiles are ordered
+	if base.TTFTP50 <= 0 || base.TTFTP95 < base.TTFTP50 || base.E2EP50 <= 0 || base.E2EP95 < base.E2EP50 || base.RequestRate <= 0 || base.OutputTokRate <= 0 {
 		t.Errorf("baseline live stats: %+v", base)
 	}
 
