@@ -5,8 +5,13 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"net"
+	"net/http"
+	"strings"
 	"testing"
+	"time"
 
+	"github.com/abproxy/abproxy/config"
 	"github.com/abproxy/abproxy/internal/wire"
 )
 
@@ -108,4 +113,63 @@ func FuzzBodyDecoder(f *testing.F) {
 			t.Fatalf("payload %q rest %q; httputil %q rest %q", got, rest, want, wrest)
 		}
 	})
+}
+
+// TestStreamPiecesAfterPauses sends a stream in pieces with pauses between
+// them — a chunk split mid-event, a chunk split mid-header, and the final
+// zero chunk on its own — so that the pump's read session waits on an
+// empty socket at every awkward point. Each piece must reach the client
+// long before the idle timeout: a wake-up missed after a read that emptied
+// the socket would stall until the timeout and fail the stream.
+func TestStreamPiecesAfterPauses(t *testing.T) {
+	ev := chunk(contentEvent)
+	pieces := []string{
+		sseHead + ev[:20], // inside the first event's data
+		ev[20:] + ev[:1],  // the next chunk-size line cut after one digit
+		ev[1:],
+		"0\r\n", // the last chunk, its final CRLF still to come
+		"\r\n",
+	}
+	const pause = 30 * time.Millisecond
+	sent := make(chan time.Time, len(pieces))
+	backend := startFault(t, func(c net.Conn, _ *faultBackend) {
+		defer c.Close()
+		for _, p := range pieces {
+			time.Sleep(pause)
+			sent <- time.Now()
+			io.WriteString(c, p)
+		}
+		time.Sleep(time.Second) // keep the connection open: the end is the framing's
+	})
+	px, _, sink := startProxy(t, func(c *config.Config) { c.Proxy.IdleTimeout.Duration = 5 * time.Second },
+		config.Backend{Name: "b", URL: backend})
+	start := time.Now()
+	resp, err := http.Post(px+"/v1/chat/completions", "application/json",
+		strings.NewReader(`{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	took := time.Since(start)
+	if err != nil || string(body) != contentEvent+contentEvent {
+		t.Fatalf("body %q, err %v", body, err)
+	}
+	var last time.Time
+	for range pieces {
+		last = <-sent
+	}
+	// the response ends when the final CRLF is read, not when the backend
+	// closes a second later or the idle timeout fires
+	if lag := time.Since(last); lag > 500*time.Millisecond || took > 2*time.Second {
+		t.Fatalf("stream ended %v after the last piece (total %v)", lag, took)
+	}
+	rec := <-sink.ch
+	if rec.Error != "" || len(rec.ChunkNS) != 2 {
+		t.Fatalf("record: error %q, %d chunks", rec.Error, len(rec.ChunkNS))
+	}
+	// each event is stamped when its last bytes arrived, one pause apart
+	if gap := time.Duration(rec.ChunkNS[1] - rec.ChunkNS[0]); gap < pause {
+		t.Fatalf("chunk times %v apart, want at least %v", gap, pause)
+	}
 }
