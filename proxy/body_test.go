@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -171,5 +172,48 @@ func TestStreamPiecesAfterPauses(t *testing.T) {
 	// each event is stamped when its last bytes arrived, one pause apart
 	if gap := time.Duration(rec.ChunkNS[1] - rec.ChunkNS[0]); gap < pause {
 		t.Fatalf("chunk times %v apart, want at least %v", gap, pause)
+	}
+}
+
+// TestShutdownCutsAStalledStream: a stream whose backend goes silent is
+// cut when Shutdown's context ends, even while its pump waits on an empty
+// socket inside its read session; the client gets an error event and the
+// record says proxy_shutdown with the chunks that came before.
+func TestShutdownCutsAStalledStream(t *testing.T) {
+	backend := startFault(t, func(c net.Conn, _ *faultBackend) {
+		io.WriteString(c, sseHead+chunk(contentEvent)+chunk(contentEvent))
+		time.Sleep(10 * time.Second)
+		c.Close()
+	})
+	px, p, sink := startProxy(t, func(c *config.Config) { c.Proxy.IdleTimeout.Duration = time.Minute },
+		config.Backend{Name: "b", URL: backend})
+	resp, err := http.Post(px+"/v1/chat/completions", "application/json",
+		strings.NewReader(`{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	first := make([]byte, len(contentEvent))
+	if _, err := io.ReadFull(resp.Body, first); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_ = p.Shutdown(ctx)
+	if took := time.Since(start); took > 3*time.Second {
+		t.Fatalf("Shutdown took %v with a 300ms drain timeout", took)
+	}
+	rest, _ := io.ReadAll(resp.Body)
+	if !strings.Contains(string(rest), ErrShutdown) {
+		t.Errorf("client got %q after the cut, want an error event", rest)
+	}
+	select {
+	case rec := <-sink.ch:
+		if rec.Error != ErrShutdown || len(rec.ChunkNS) != 2 {
+			t.Fatalf("record: error %q (%s), %d chunks", rec.Error, rec.ErrorDetail, len(rec.ChunkNS))
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("no record after Shutdown")
 	}
 }
