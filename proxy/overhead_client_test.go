@@ -2,7 +2,6 @@ package proxy_test
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -10,8 +9,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
-	"unsafe"
 
+	"github.com/abproxy/abproxy/internal/wire"
 	"golang.org/x/sys/unix"
 )
 
@@ -103,30 +102,12 @@ func (c *ovhConn) fill() error {
 		return io.EOF
 	}
 	c.w += n
-	if ts := ovhTimestamp(c.oob[:oobn]); ts != 0 {
+	if ts := wire.TimestampNS(c.oob[:oobn]); ts != 0 {
 		c.rxNS = ts
 	} else {
 		c.rxNS = time.Now().UnixNano()
 	}
 	return nil
-}
-
-// ovhTimestamp extracts SCM_TIMESTAMPNS from a control message buffer.
-func ovhTimestamp(oob []byte) int64 {
-	const hdr = int(unsafe.Sizeof(unix.Cmsghdr{}))
-	for len(oob) >= hdr {
-		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
-		l := int(h.Len)
-		if l < hdr || l > len(oob) {
-			return 0
-		}
-		if h.Level == unix.SOL_SOCKET && h.Type == unix.SCM_TIMESTAMPNS && l >= hdr+16 {
-			d := oob[unix.CmsgLen(0):]
-			return int64(binary.NativeEndian.Uint64(d[0:8]))*1e9 + int64(binary.NativeEndian.Uint64(d[8:16]))
-		}
-		oob = oob[unix.CmsgSpace(l-unix.CmsgLen(0)):]
-	}
-	return 0
 }
 
 // line returns the next CRLF-terminated line (without CRLF), reading as

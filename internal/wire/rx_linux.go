@@ -67,7 +67,7 @@ func (r *RxReader) Read(p []byte) (n int, rxNS int64, err error) {
 	if n == 0 {
 		return 0, 0, io.EOF
 	}
-	return n, parseTimestampNS(r.oob[:oobn]), nil
+	return n, TimestampNS(r.oob[:oobn]), nil
 }
 
 // Session runs f under one raw read of the socket: f gets the descriptor
@@ -97,12 +97,13 @@ func (r *RxReader) ReadFD(fd uintptr, p []byte) (n int, rxNS int64, err error) {
 	if n == 0 && len(p) > 0 {
 		return 0, 0, io.EOF
 	}
-	return n, parseTimestampNS(r.oob[:oobn]), nil
+	return n, TimestampNS(r.oob[:oobn]), nil
 }
 
-// parseTimestampNS finds SCM_TIMESTAMPNS in a control message buffer
-// without allocating (unix.ParseSocketControlMessage allocates).
-func parseTimestampNS(oob []byte) int64 {
+// TimestampNS finds SCM_TIMESTAMPNS in a recvmsg control message buffer
+// and returns it in Unix ns (0 if absent), without allocating as
+// unix.ParseSocketControlMessage does.
+func TimestampNS(oob []byte) int64 {
 	const hdr = int(unsafe.Sizeof(unix.Cmsghdr{}))
 	for len(oob) >= hdr {
 		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
