@@ -3,7 +3,9 @@ package proxy
 import (
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -65,6 +67,12 @@ func BenchmarkMirrorStalledShadow(b *testing.B) {
 	b.ReportMetric(eOn, "e2e_p99_ms_mirrored")
 	b.ReportMetric(eOn/eOff, "e2e_p99_ratio")
 	b.ReportMetric(tOn/tOff, "ttft_p99_ratio")
+	// how much of a ratio is noise: a percentile bootstrap of each p99
+	eLo, eHi := p99RatioCI(e2e[0], e2e[1])
+	tLo, tHi := p99RatioCI(ttft[0], ttft[1])
+	b.ReportMetric(eLo, "e2e_p99_ratio_ci_lo")
+	b.ReportMetric(eHi, "e2e_p99_ratio_ci_hi")
+	b.Logf("p99 ratio 95%% bootstrap intervals: E2E %.3f [%.3f, %.3f], TTFT %.3f [%.3f, %.3f]", eOn/eOff, eLo, eHi, tOn/tOff, tLo, tHi)
 	recMu.Lock()
 	b.Logf("recorded at the proxy: TTFT p99 %.2f ms off, %.2f ms mirrored", p99(recTTFT[0]), p99(recTTFT[1]))
 	recMu.Unlock()
@@ -76,6 +84,26 @@ func BenchmarkMirrorStalledShadow(b *testing.B) {
 	b.Logf("E2E ms, stalled shadow:   %s", pct(e2e[1]))
 	b.Logf("%d requests per arm: TTFT p99 %.2f ms off, %.2f ms with a stalled shadow; E2E p99 %.2f / %.2f ms (ratio %.3f)",
 		len(e2e[0]), tOff, tOn, eOff, eOn, eOn/eOff)
+}
+
+// p99RatioCI is the 95 % percentile-bootstrap interval of p99(on)/p99(off),
+// from 1,000 resamples of each arm with replacement.
+func p99RatioCI(off, on []float64) (lo, hi float64) {
+	r := rand.New(rand.NewPCG(1, 2))
+	res := func(v, buf []float64) float64 {
+		for i := range buf {
+			buf[i] = v[r.IntN(len(v))]
+		}
+		slices.Sort(buf)
+		return buf[len(buf)*99/100]
+	}
+	bOff, bOn := make([]float64, len(off)), make([]float64, len(on))
+	ratios := make([]float64, 1000)
+	for i := range ratios {
+		ratios[i] = res(on, bOn) / res(off, bOff)
+	}
+	slices.Sort(ratios)
+	return ratios[len(ratios)*25/1000], ratios[len(ratios)*975/1000]
 }
 
 // closedLoop runs n requests with the given concurrency and returns the
