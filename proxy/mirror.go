@@ -149,7 +149,7 @@ func (p *Proxy) runShadow(pr *pair, rec *recorder.Request, up *upstream, req *fa
 	x.tap.reset(true)
 	deadline := time.Now().Add(p.cfg.Route.ShadowTimeout.Duration)
 	var h fasthttp.ResponseHeader
-	c, err := p.roundTrip(req, req.Header.RequestURI(), rec, up, body, true, &h, deadline)
+	c, err := p.roundTrip(req, req.Header.RequestURI(), rec, up, body, true, &h, deadline, nil)
 	if err != nil {
 		x.roundTripError(err)
 		x.done()

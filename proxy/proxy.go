@@ -436,12 +436,12 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 			body = append([]byte(nil), body...) // rw goes back to its pool
 		}
 	}
-	var pr *pair
+	var mirror func() *pair
 	if tapped && rt.Mode() == router.ModeMirror && up == p.upstreams[rt.Primary()] &&
 		string(ctx.Request.Header.Peek(HeaderNoMirror)) != "1" && rt.Sampled(key, rand.Float64()) {
-		pr = p.startShadows(ctx, rec, rw, cr, rt.Shadows(), rt.MaxShadowInflight())
+		mirror = func() *pair { return p.startShadows(ctx, rec, rw, cr, rt.Shadows(), rt.MaxShadowInflight()) }
 	}
-	p.forward(ctx, rec, up, body, cr, tapped, pr)
+	p.forward(ctx, rec, up, body, cr, tapped, mirror)
 }
 
 func sameSlice(a, b []byte) bool {
@@ -471,7 +471,8 @@ type exchange struct {
 // roundTrip sends the request and reads the response header. A pooled
 // connection the backend closed meanwhile gets one retry on a fresh one.
 // A non-zero deadline bounds the whole exchange (shadows).
-func (p *Proxy) roundTrip(req *fasthttp.Request, uri []byte, rec *recorder.Request, up *upstream, body []byte, tapped bool, h *fasthttp.ResponseHeader, deadline time.Time) (*upConn, error) {
+// afterWrite, if not nil, runs once the request has been written.
+func (p *Proxy) roundTrip(req *fasthttp.Request, uri []byte, rec *recorder.Request, up *upstream, body []byte, tapped bool, h *fasthttp.ResponseHeader, deadline time.Time, afterWrite func()) (*upConn, error) {
 	up.flight(rec.Role).Add(1) // until done: every exchange that gets here ends there
 	for attempt := 0; ; attempt++ {
 		c, err := up.get()
@@ -483,6 +484,9 @@ func (p *Proxy) roundTrip(req *fasthttp.Request, uri []byte, rec *recorder.Reque
 		err = up.writeRequest(c, req, uri, body, rec.ID, tapped)
 		if err == nil {
 			rec.UpstreamNS = now()
+			if afterWrite != nil {
+				afterWrite()
+			}
 			_, err = c.br.Peek(1)
 			if err == nil {
 				// the kernel may stamp a fast answer before we noted the send
@@ -513,14 +517,24 @@ func isTimeout(err error) bool {
 	return errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
 }
 
-func (p *Proxy) forward(ctx *fasthttp.RequestCtx, rec *recorder.Request, up *upstream, body []byte, cr clientRequest, tapped bool, pr *pair) {
-	x := &exchange{p: p, rec: rec, up: up, tapped: tapped, keepUse: cr.includeUsage || !cr.stream, pair: pr}
+// forward sends the request to up and answers the client. mirror, when
+// set, starts the shadows' copies: right after the primary's request has
+// been written, so that their dials and writes do not delay it, or at once
+// if the primary fails before that.
+func (p *Proxy) forward(ctx *fasthttp.RequestCtx, rec *recorder.Request, up *upstream, body []byte, cr clientRequest, tapped bool, mirror func() *pair) {
+	x := &exchange{p: p, rec: rec, up: up, tapped: tapped, keepUse: cr.includeUsage || !cr.stream}
 	if tapped {
 		x.tap = p.taps.Get().(*tap)
-		x.tap.reset(p.bodies || pr != nil)
+		x.tap.reset(p.bodies || mirror != nil)
+	}
+	launch := func() {
+		if mirror != nil {
+			x.pair, mirror = mirror(), nil
+		}
 	}
 	var h fasthttp.ResponseHeader
-	c, err := p.roundTrip(&ctx.Request, ctx.Request.Header.RequestURI(), rec, up, body, tapped, &h, time.Time{})
+	c, err := p.roundTrip(&ctx.Request, ctx.Request.Header.RequestURI(), rec, up, body, tapped, &h, time.Time{}, launch)
+	launch() // the primary failed before its request went out
 	if err != nil {
 		status := x.roundTripError(err)
 		rec.BytesOut = int64(writeError(ctx, status, errorType(rec.Error), rec.Error, rec.ErrorDetail))
