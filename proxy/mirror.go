@@ -13,8 +13,10 @@ import (
 )
 
 // Mirroring: the primary serves the client; each shadow gets the same
-// request at the same moment on its own goroutine and connection, and its
-// response is read to the end, timed like the primary's, and discarded.
+// request on its own goroutine and connection, started right after the
+// primary's request has been written (so that its dial and write do not
+// delay the primary), and its response is read to the end, timed like the
+// primary's, and discarded.
 // Nothing on the primary's path waits for a shadow: the shadow's record is
 // completed by whichever of the two finishes last.
 
