@@ -17,7 +17,7 @@ import (
 // the template's minimum.
 func TestExactPromptTokensEndToEnd(t *testing.T) {
 	tok, dir := qwen(t)
-	url, _ := startSim(t, "optimized", 50, func(o *sim.Options) { o.CountPrompt = exactCounter(tok) })
+	url, _ := startSim(t, "optimized", 50, func(o *sim.Options) { o.CountPrompt = tok.CountPrompt })
 	db := filepath.Join(t.TempDir(), "e.db")
 	cfg := baseConfig(url, db)
 	cfg.Tokenizer = dir
@@ -90,7 +90,7 @@ func TestApproximateCounts(t *testing.T) {
 
 func TestRunsRowsAndMetadata(t *testing.T) {
 	tok, dir := qwen(t)
-	url, _ := startSim(t, "optimized", 50, func(o *sim.Options) { o.CountPrompt = exactCounter(tok) })
+	url, _ := startSim(t, "optimized", 50, func(o *sim.Options) { o.CountPrompt = tok.CountPrompt })
 	db := filepath.Join(t.TempDir(), "m.db")
 	cfg := baseConfig(url, db)
 	cfg.Tokenizer = dir

@@ -50,20 +50,6 @@ func sonnet(t testing.TB) string {
 	return p
 }
 
-// exactCounter is what `abproxy sim --tokenizer` plugs into the sim.
-func exactCounter(tok *tokenizer.Tokenizer) func([]sim.Message, string) int {
-	return func(msgs []sim.Message, prompt string) int {
-		if msgs == nil {
-			return tok.Count(prompt)
-		}
-		tm := make([]tokenizer.Message, len(msgs))
-		for i, m := range msgs {
-			tm[i] = tokenizer.Message{Role: m.Role, Content: m.Content}
-		}
-		return tok.CountChat(tm)
-	}
-}
-
 // lockedBuffer is a concurrency-safe truth sink.
 type lockedBuffer struct {
 	mu sync.Mutex

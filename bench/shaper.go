@@ -42,7 +42,7 @@ func NewShaper(tok *tokenizer.Tokenizer, corpus *Corpus, system string) *Shaper 
 		if tok != nil {
 			s.lineTok[i] = tok.Count(" " + l)
 		} else {
-			s.lineTok[i] = approxTextTokens(" " + l)
+			s.lineTok[i] = tokenizer.ApproxTextTokens(" " + l)
 		}
 	}
 	s.minimum = s.Count("") + 1
@@ -70,7 +70,7 @@ func (s *Shaper) Count(x string) int {
 	if s.tok != nil {
 		return s.tok.CountChat(s.Messages(x))
 	}
-	return approxChatTokens(s.Messages(x))
+	return tokenizer.ApproxChatTokens(s.Messages(x))
 }
 
 // Line returns a random corpus line as user content, unshaped (the
@@ -167,21 +167,4 @@ func validPrefix(x string) string {
 		x = x[:len(x)-1]
 	}
 	return x
-}
-
-// approxTextTokens and approxChatTokens are the sim's estimates without a
-// tokenizer (4 bytes per token; 5 tokens of framing per message, 3 for the
-// generation prompt, 20 for the injected system prompt), so that bench and
-// a sim both running without a tokenizer agree.
-func approxTextTokens(s string) int { return (len(s) + 3) / 4 }
-
-func approxChatTokens(msgs []tokenizer.Message) int {
-	n := 3
-	if len(msgs) == 0 || msgs[0].Role != "system" {
-		n += 20
-	}
-	for _, m := range msgs {
-		n += 5 + approxTextTokens(m.Content)
-	}
-	return n
 }

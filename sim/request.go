@@ -5,15 +5,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+
+	"github.com/abproxy/abproxy/tokenizer"
 )
 
 // Message is one chat message as the sim sees it: role and flattened text
 // content (text parts of a multi-part content are joined with "\n", other
-// parts are ignored).
-type Message struct {
-	Role    string `json:"role"`
-	Content string `json:"content"`
-}
+// parts are ignored). It is the tokenizer's type, so that a tokenizer's
+// CountPrompt plugs straight into Options.CountPrompt.
+type Message = tokenizer.Message
 
 // apiRequest is the subset of vLLM's ChatCompletionRequest and
 // CompletionRequest the sim honours. Unknown fields are ignored, as vLLM

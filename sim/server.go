@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/abproxy/abproxy/internal/wire"
+	"github.com/abproxy/abproxy/tokenizer"
 )
 
 // DefaultModel is the served model name when Options.Model is empty: the
@@ -51,7 +52,7 @@ type Options struct {
 	Truth io.Writer
 	// CountPrompt, when set, counts prompt tokens exactly: for chat it gets
 	// the messages (prompt empty), for completions the prompt (messages
-	// nil). When nil the sim approximates; see approxChatTokens.
+	// nil). When nil the sim approximates; see tokenizer.ApproxChatTokens.
 	CountPrompt func(messages []Message, prompt string) int
 	// Created, when set, supplies the "created" field (tests fix it to
 	// compare bodies byte for byte). Nil means time.Now().Unix().
@@ -496,7 +497,7 @@ func (s *Server) prepare(body []byte, r *request) *apiError {
 		if s.opts.CountPrompt != nil {
 			r.promptTokens = s.opts.CountPrompt(msgs, "")
 		} else {
-			r.promptTokens = approxChatTokens(msgs)
+			r.promptTokens = tokenizer.ApproxChatTokens(msgs)
 		}
 		for _, m := range msgs {
 			h = h.add(m.Role).add("\x00").add(m.Content).add("\x00")
@@ -509,7 +510,7 @@ func (s *Server) prepare(body []byte, r *request) *apiError {
 		case s.opts.CountPrompt != nil:
 			r.promptTokens = s.opts.CountPrompt(nil, prompt)
 		default:
-			r.promptTokens = approxTextTokens(prompt)
+			r.promptTokens = tokenizer.ApproxTextTokens(prompt)
 		}
 		h = h.add(prompt)
 	}

@@ -365,7 +365,7 @@ func TestMessageContentForms(t *testing.T) {
 	if status != 200 {
 		t.Fatalf("%d %s", status, b)
 	}
-	want := []Message{{"system", ""}, {"user", "a\nb"}}
+	want := []Message{{Role: "system", Content: ""}, {Role: "user", Content: "a\nb"}}
 	if len(got) != 1 || fmt.Sprint(got[0]) != fmt.Sprint(want) {
 		t.Fatalf("CountPrompt saw %v, want %v", got, want)
 	}

@@ -116,28 +116,4 @@ func tokenString(base uint64, i, n int, stop bool) string {
 	return vocab[tokenIndex(base, i)]
 }
 
-// approxTextTokens estimates a BPE token count as one token per four bytes,
-// rounded up: good to a few tens of percent for English with Qwen2's
-// tokenizer. Options.CountPrompt replaces it when exact counts matter.
-func approxTextTokens(s string) int {
-	return (len(s) + 3) / 4
-}
-
-// approxChatTokens estimates the prompt tokens of a chat request rendered
-// with Qwen2.5's ChatML template: each message costs
-// "<|im_start|>role\n" + content + "<|im_end|>\n" (5 tokens plus content),
-// the generation prompt "<|im_start|>assistant\n" costs 3, and when the
-// first message is not a system message the template inserts Qwen's default
-// system prompt (about 20 tokens with its framing).
-func approxChatTokens(msgs []Message) int {
-	n := 3
-	if len(msgs) == 0 || msgs[0].Role != "system" {
-		n += 20
-	}
-	for _, m := range msgs {
-		n += 5 + approxTextTokens(m.Content)
-	}
-	return n
-}
-
 const hexDigits = "0123456789abcdef"

@@ -72,3 +72,37 @@ func ChatTemplate(msgs []Message, addGenerationPrompt bool) string {
 func (t *Tokenizer) CountChat(msgs []Message) int {
 	return t.Count(ChatTemplate(msgs, true))
 }
+
+// CountPrompt counts a request's prompt tokens as vLLM does: a chat
+// request's messages rendered with the chat template and the generation
+// prompt (msgs not nil), else a completion's prompt as is. It is what
+// `abproxy sim --tokenizer` plugs into the sim.
+func (t *Tokenizer) CountPrompt(msgs []Message, prompt string) int {
+	if msgs == nil {
+		return t.Count(prompt)
+	}
+	return t.CountChat(msgs)
+}
+
+// ApproxTextTokens estimates a BPE token count without a tokenizer as one
+// token per four bytes, rounded up: good to a few tens of percent for
+// English with Qwen2's tokenizer.
+func ApproxTextTokens(s string) int { return (len(s) + 3) / 4 }
+
+// ApproxChatTokens estimates the prompt tokens of a chat request rendered
+// with Qwen2.5's template, without a tokenizer: each message is
+// "<|im_start|>role\n" + content + "<|im_end|>\n" (5 tokens plus content),
+// the generation prompt costs 3, and when the first message is not a
+// system message the template inserts the default system prompt (about 20
+// tokens with its framing). The sim and bench both use it, so that they
+// agree when neither has a tokenizer.
+func ApproxChatTokens(msgs []Message) int {
+	n := 3
+	if len(msgs) == 0 || msgs[0].Role != "system" {
+		n += 20
+	}
+	for _, m := range msgs {
+		n += 5 + ApproxTextTokens(m.Content)
+	}
+	return n
+}

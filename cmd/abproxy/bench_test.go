@@ -52,7 +52,7 @@ func TestBenchCLIExactCounts(t *testing.T) {
 		t.Fatal(err)
 	}
 	prof, _ := sim.BuiltinProfile("optimized")
-	s, url, err := sim.Start(sim.Options{Profile: prof, Speedup: 50, CountPrompt: promptCounter(tok)}, "127.0.0.1:0")
+	s, url, err := sim.Start(sim.Options{Profile: prof, Speedup: 50, CountPrompt: tok.CountPrompt}, "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -74,7 +74,7 @@ func runSim(f *simFlags) error {
 		if err != nil {
 			return fmt.Errorf("--tokenizer: %w", err)
 		}
-		opts.CountPrompt = promptCounter(tok)
+		opts.CountPrompt = tok.CountPrompt
 	}
 	var truthFile *os.File
 	var truthBuf *bufio.Writer
@@ -115,20 +115,4 @@ func runSim(f *simFlags) error {
 		return err
 	}
 	return cerr
-}
-
-// promptCounter counts prompt tokens as vLLM does: a chat request's
-// messages rendered with the chat template and the generation prompt, a
-// completion's prompt as is.
-func promptCounter(tok *tokenizer.Tokenizer) func([]sim.Message, string) int {
-	return func(msgs []sim.Message, prompt string) int {
-		if msgs == nil {
-			return tok.Count(prompt)
-		}
-		tm := make([]tokenizer.Message, len(msgs))
-		for i, m := range msgs {
-			tm[i] = tokenizer.Message{Role: m.Role, Content: m.Content}
-		}
-		return tok.CountChat(tm)
-	}
 }
