@@ -527,19 +527,7 @@ func (s *session) event(ev []byte, res *Result, outBytes *int64) eventKind {
 		if fr := c.GetStringBytes("finish_reason"); len(fr) > 0 {
 			res.FinishReason = string(fr)
 		}
-		var text []byte
-		if d := c.Get("delta"); d != nil {
-			text = d.GetStringBytes("content")
-			if len(text) == 0 {
-				text = d.GetStringBytes("reasoning_content")
-			}
-			if len(text) == 0 {
-				text = d.GetStringBytes("reasoning")
-			}
-		} else {
-			text = c.GetStringBytes("text")
-		}
-		if len(text) > 0 {
+		if text := wire.ChoiceText(c); len(text) > 0 {
 			s.out.Write(text)
 			*outBytes += int64(len(text))
 			kind = evContent
@@ -577,20 +565,7 @@ func (s *session) wholeBody(b []byte, res *Result) {
 }
 
 func readUsage(v *fastjson.Value, res *Result) {
-	u := v.Get("usage")
-	if u == nil || u.Type() != fastjson.TypeObject {
-		return
-	}
-	if p := u.Get("prompt_tokens"); p != nil {
-		if n, err := p.Int(); err == nil {
-			res.PromptTokens = n
-		}
-	}
-	if c := u.Get("completion_tokens"); c != nil {
-		if n, err := c.Int(); err == nil {
-			res.CompletionTokens = n
-		}
-	}
+	wire.ReadUsage(v, &res.PromptTokens, &res.CompletionTokens)
 }
 
 // unwrapOp drops net.OpError's "dial tcp 1.2.3.4:5:" prefix.

@@ -153,19 +153,7 @@ func (t *tap) parse(data []byte) eventKind {
 		if fr := c.GetStringBytes("finish_reason"); len(fr) > 0 {
 			t.finishReason = string(fr)
 		}
-		var text []byte
-		if d := c.Get("delta"); d != nil {
-			text = d.GetStringBytes("content")
-			if len(text) == 0 {
-				text = d.GetStringBytes("reasoning_content")
-			}
-			if len(text) == 0 {
-				text = d.GetStringBytes("reasoning")
-			}
-		} else {
-			text = c.GetStringBytes("text") // /v1/completions
-		}
-		if len(text) > 0 {
+		if text := wire.ChoiceText(c); len(text) > 0 {
 			t.addText(text)
 			kind = eventContent
 		}
@@ -202,20 +190,7 @@ func (t *tap) body(b []byte) {
 }
 
 func (t *tap) readUsage(v *fastjson.Value) {
-	u := v.Get("usage")
-	if u == nil || u.Type() != fastjson.TypeObject {
-		return
-	}
-	if p := u.Get("prompt_tokens"); p != nil {
-		if n, err := p.Int(); err == nil {
-			t.promptTokens = n
-		}
-	}
-	if c := u.Get("completion_tokens"); c != nil {
-		if n, err := c.Int(); err == nil {
-			t.completionTokens = n
-		}
-	}
+	wire.ReadUsage(v, &t.promptTokens, &t.completionTokens)
 }
 
 // fastContent reads the event data of an ordinary vLLM content chunk by

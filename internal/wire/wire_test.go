@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/valyala/fastjson"
 )
 
 func TestEventEndAndData(t *testing.T) {
@@ -98,5 +100,35 @@ func TestChunkedBodyDecodes(t *testing.T) {
 	}
 	if _, err := io.ReadAll(NewChunkedBody(bufio.NewReader(strings.NewReader("5\r\nhel")))); err == nil {
 		t.Fatal("a truncated chunk read without error")
+	}
+}
+
+func TestChoiceTextAndUsage(t *testing.T) {
+	var p fastjson.Parser
+	for in, want := range map[string]string{
+		`{"delta":{"content":"a","reasoning_content":"r"}}`: "a",
+		`{"delta":{"content":"","reasoning_content":"r"}}`:  "r",
+		`{"delta":{"reasoning":"q"}}`:                       "q",
+		`{"delta":{"role":"assistant"}}`:                    "",
+		`{"text":"t"}`:                                      "t",
+	} {
+		v, err := p.Parse(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := string(ChoiceText(v)); got != want {
+			t.Errorf("ChoiceText(%s) = %q, want %q", in, got, want)
+		}
+	}
+	pt, ct := -1, -1
+	null, _ := p.Parse(`{"usage":null}`)
+	ReadUsage(null, &pt, &ct)
+	if pt != -1 || ct != -1 {
+		t.Fatalf("null usage changed the counts: %d %d", pt, ct)
+	}
+	usage, _ := p.Parse(`{"usage":{"prompt_tokens":7,"completion_tokens":3}}`)
+	ReadUsage(usage, &pt, &ct)
+	if pt != 7 || ct != 3 {
+		t.Fatalf("usage read as %d %d", pt, ct)
 	}
 }
