@@ -6,8 +6,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/abproxy/abproxy/internal/stats"
 	"github.com/abproxy/abproxy/recorder"
-	"github.com/abproxy/abproxy/report"
 )
 
 // LiveWindow is the span the live stats roll over.
@@ -203,7 +203,7 @@ func pcts(v []float64) (p50, p95 float64) {
 		return 0, 0
 	}
 	sort.Float64s(v)
-	return report.Percentile(v, 50) * 1000, report.Percentile(v, 95) * 1000
+	return stats.Percentile(v, 50) * 1000, stats.Percentile(v, 95) * 1000
 }
 
 // snapshotTTL lets every /api/live client within it share one snapshot,

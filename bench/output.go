@@ -8,6 +8,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/abproxy/abproxy/internal/stats"
 )
 
 // meta is a run's metadata (runs.meta): every flag, the tokenizer, the
@@ -202,7 +204,7 @@ func (a *armRun) progressLine(idx, n int, final bool) string {
 	ttft := "    -"
 	if len(ttfts) > 0 {
 		slices.Sort(ttfts)
-		ttft = fmtMS(percentile(ttfts, 50))
+		ttft = fmtMS(stats.Percentile(ttfts, 50))
 	}
 	state := phase
 	if final {

@@ -1,10 +1,10 @@
 package bench
 
 import (
-	"math"
 	"slices"
 	"strconv"
 
+	"github.com/abproxy/abproxy/internal/stats"
 	"github.com/abproxy/abproxy/recorder"
 )
 
@@ -147,18 +147,7 @@ func newDist(xs []float64) Dist {
 		sum += x
 	}
 	return Dist{N: len(xs), Mean: sum / float64(len(xs)), Min: xs[0], Max: xs[len(xs)-1],
-		P50: percentile(xs, 50), P90: percentile(xs, 90), P99: percentile(xs, 99)}
-}
-
-// percentile is numpy's default (linear) percentile of sorted xs.
-func percentile(sorted []float64, p float64) float64 {
-	if len(sorted) == 0 {
-		return math.NaN()
-	}
-	pos := p / 100 * float64(len(sorted)-1)
-	lo := int(math.Floor(pos))
-	hi := min(lo+1, len(sorted)-1)
-	return sorted[lo] + (sorted[hi]-sorted[lo])*(pos-float64(lo))
+		P50: stats.Percentile(xs, 50), P90: stats.Percentile(xs, 90), P99: stats.Percentile(xs, 99)}
 }
 
 // summarize computes Stats over the measured results.

@@ -671,7 +671,7 @@ func cdf(v []float32) []float64 {
 	slices.Sort(v)
 	out := make([]float64, 101)
 	for p := range out {
-		out[p] = round6(percentile32(v, float64(p)))
+		out[p] = round6(Percentile(v, float64(p)))
 	}
 	return out
 }
@@ -762,9 +762,9 @@ func (c *Collector) paired(metric, label string, k pairKey, pv, sv []float32) Pa
 	slices.Sort(p)
 	slices.Sort(s)
 	slices.Sort(d)
-	pm.PrimaryP50 = num(percentile32(p, 50))
-	pm.ShadowP50 = num(percentile32(s, 50))
-	pm.MedianDiff = num(percentile32(d, 50))
+	pm.PrimaryP50 = num(Percentile(p, 50))
+	pm.ShadowP50 = num(Percentile(s, 50))
+	pm.MedianDiff = num(Percentile(d, 50))
 	pm.MeanDiff = num(sumD / float64(len(d)))
 	if *pm.PrimaryP50 != 0 {
 		pm.MedianDiffPct = num(100 * *pm.MedianDiff / *pm.PrimaryP50)

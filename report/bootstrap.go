@@ -7,6 +7,7 @@ import (
 	"slices"
 
 	"github.com/abproxy/abproxy/internal/randx"
+	"github.com/abproxy/abproxy/internal/stats"
 )
 
 // Bootstrap settings. The report resamples each side of a comparison
@@ -69,7 +70,7 @@ func quantileReplicates(r *rand.Rand, sorted []float32, p float64, b int) []floa
 		if t > 0 && k < n {
 			// minimum of n−k uniforms on (0,1) is 1 − V^(1/(n−k))
 			m := 1 - math.Pow(r.Float64(), 1/float64(n-k))
-			v = lerp(v, q(uk+(1-uk)*m), t)
+			v = stats.Lerp(v, q(uk+(1-uk)*m), t)
 		}
 		out[i] = v
 	}

@@ -4,33 +4,14 @@ import (
 	"math"
 	"slices"
 	"sort"
+
+	"github.com/abproxy/abproxy/internal/stats"
 )
 
-// Percentile is the p-th percentile (0–100) of sorted with linear
-// interpolation between the two nearest ranks, exactly as numpy's default
-// (method "linear"): h = (n−1)·p/100, value = x[⌊h⌋] + (h−⌊h⌋)·(x[⌊h⌋+1]−x[⌊h⌋]).
-// sorted must be ascending and non-empty.
-func Percentile(sorted []float64, p float64) float64 {
-	n := len(sorted)
-	h := float64(n-1) * p / 100
-	lo := int(math.Floor(h))
-	if lo < 0 {
-		lo = 0
-	}
-	if lo >= n-1 {
-		return sorted[n-1]
-	}
-	return lerp(sorted[lo], sorted[lo+1], h-float64(lo))
-}
-
-// lerp is numpy's _lerp: a + (b−a)·t, computed from the nearer end so that
-// the result is exact at both ends and monotone in t.
-func lerp(a, b, t float64) float64 {
-	d := b - a
-	if t >= 0.5 {
-		return b - d*(1-t)
-	}
-	return a + d*t
+// Percentile is stats.Percentile, kept under report's name for callers
+// of the report package.
+func Percentile[T float32 | float64](sorted []T, p float64) float64 {
+	return stats.Percentile(sorted, p)
 }
 
 // percentiles reported for every latency metric.
@@ -59,23 +40,12 @@ func summarize32(v []float32) Summary {
 	for _, x := range v {
 		sum += float64(x)
 	}
-	at := func(p float64) *float64 { return num(percentile32(v, p)) }
+	at := func(p float64) *float64 { return num(Percentile(v, p)) }
 	return Summary{
 		Count: len(v), Mean: num(sum / float64(len(v))),
 		P50: at(50), P90: at(90), P95: at(95), P99: at(99),
 		Min: num(float64(v[0])), Max: num(float64(v[len(v)-1])),
 	}
-}
-
-// percentile32 is Percentile over a sorted float32 slice.
-func percentile32(sorted []float32, p float64) float64 {
-	n := len(sorted)
-	h := float64(n-1) * p / 100
-	lo := int(math.Floor(h))
-	if lo >= n-1 {
-		return float64(sorted[n-1])
-	}
-	return lerp(float64(sorted[lo]), float64(sorted[lo+1]), h-float64(lo))
 }
 
 func num(v float64) *float64 { return &v }
@@ -198,7 +168,7 @@ func (h *usHist) quantilesMS(ps []float64) []float64 {
 		x := float64(h.n-1) * p / 100
 		lo := uint64(math.Floor(x))
 		hi := min(lo+1, h.n-1)
-		out[i] = lerp(at(lo), at(hi), x-float64(lo)) / 1000
+		out[i] = stats.Lerp(at(lo), at(hi), x-float64(lo)) / 1000
 	}
 	return out
 }
