@@ -26,7 +26,8 @@ type bodyDecoder struct {
 	left  int64 // bytes left in the current chunk (chunked) or body (length)
 	// eof: the backend closed the connection, which then cannot be reused
 	// even if the body ended cleanly
-	eof bool
+	eof       bool
+	keepAlive bool // the response allows another request on the connection
 }
 
 const (
@@ -55,11 +56,9 @@ var (
 	errChunked = errors.New("malformed chunked encoding")
 )
 
-// init frames the body described by h and reports whether the connection
-// can carry another request once the body has been read to its end.
-func (d *bodyDecoder) init(br *bufio.Reader, h *fasthttp.ResponseHeader, head bool) (reusable bool) {
-	*d = bodyDecoder{br: br}
-	reusable = !h.ConnectionClose()
+// init frames the body described by h.
+func (d *bodyDecoder) init(br *bufio.Reader, h *fasthttp.ResponseHeader, head bool) {
+	*d = bodyDecoder{br: br, keepAlive: !h.ConnectionClose()}
 	switch n := h.ContentLength(); {
 	case head || h.StatusCode() == 204 || h.StatusCode() == 304 || (h.StatusCode() >= 100 && h.StatusCode() < 200):
 		d.mode = bodyNone // these responses never have a body (RFC 9112 §6.3)
@@ -68,10 +67,13 @@ func (d *bodyDecoder) init(br *bufio.Reader, h *fasthttp.ResponseHeader, head bo
 	case n == -1:
 		d.mode, d.state = bodyChunked, chunkSize
 	default:
-		d.mode, reusable = bodyClose, false
+		d.mode, d.keepAlive = bodyClose, false
 	}
-	return reusable
 }
+
+// reusable reports whether the connection can carry another request once
+// the body has been read to its end.
+func (d *bodyDecoder) reusable() bool { return d.keepAlive && !d.eof }
 
 // buffered returns the bytes read from the socket and not yet consumed,
 // without reading more.

@@ -146,7 +146,7 @@ func cmpOr(a, b string) string {
 func (p *Proxy) runShadow(pr *pair, rec *recorder.Request, up *upstream, req *fasthttp.Request, body []byte) {
 	defer p.shadowInflight.Add(-1)
 	defer fasthttp.ReleaseRequest(req)
-	x := &exchange{p: p, rec: rec, up: up, tapped: true, pair: pr}
+	x := &exchange{p: p, rec: rec, up: up, pair: pr}
 	x.tap = p.taps.Get().(*tap)
 	x.tap.reset(true)
 	deadline := time.Now().Add(p.cfg.Route.ShadowTimeout.Duration)
@@ -162,7 +162,7 @@ func (p *Proxy) runShadow(pr *pair, rec *recorder.Request, up *upstream, req *fa
 		rec.Error = ErrUpstreamStatus
 	}
 	x.conn = c
-	x.reusable = x.dec.init(c.br, &h, false)
+	x.dec.init(c.br, &h, false)
 	if bytes.HasPrefix(h.ContentType(), ctEventStream) {
 		_, _ = x.pump(io.Discard)
 		return
@@ -174,7 +174,7 @@ func (p *Proxy) runShadow(pr *pair, rec *recorder.Request, up *upstream, req *fa
 		x.release(false)
 		x.readError(err)
 	} else {
-		x.release(x.reusable && !x.dec.eof)
+		x.release(x.dec.reusable())
 		x.tap.body(buf.Bytes())
 	}
 	rec.BytesOut = int64(buf.Len())

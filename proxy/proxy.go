@@ -450,19 +450,17 @@ func sameSlice(a, b []byte) bool {
 
 // exchange is one request's trip to a backend and back.
 type exchange struct {
-	p        *Proxy
-	rec      *recorder.Request
-	up       *upstream
-	conn     *upConn
-	dec      bodyDecoder // the response body, framed in place in conn's buffer
-	events   eventBuffer // a partial event waiting for the rest of its bytes
-	reusable bool
-	tap      *tap
-	keepUse  bool // forward the usage-only chunk (the client asked for it)
-	tapped   bool
-	started  atomic.Bool // the body has been pumped or closed: record once
-	pr       *io.PipeReader
-	pair     *pair // set when the request is mirrored
+	p       *Proxy
+	rec     *recorder.Request
+	up      *upstream
+	conn    *upConn
+	dec     bodyDecoder // the response body, framed in place in conn's buffer
+	events  eventBuffer // a partial event waiting for the rest of its bytes
+	tap     *tap
+	keepUse bool        // forward the usage-only chunk (the client asked for it)
+	started atomic.Bool // the body has been pumped or closed: record once
+	pr      *io.PipeReader
+	pair    *pair // set when the request is mirrored
 	// firstSent is when the write carrying the first content chunk to the
 	// client returned (for the proxy's added-latency metric)
 	firstSent int64
@@ -522,7 +520,7 @@ func isTimeout(err error) bool {
 // been written, so that their dials and writes do not delay it, or at once
 // if the primary fails before that.
 func (p *Proxy) forward(ctx *fasthttp.RequestCtx, rec *recorder.Request, up *upstream, body []byte, cr clientRequest, tapped bool, mirror func() *pair) {
-	x := &exchange{p: p, rec: rec, up: up, tapped: tapped, keepUse: cr.includeUsage || !cr.stream}
+	x := &exchange{p: p, rec: rec, up: up, keepUse: cr.includeUsage || !cr.stream}
 	if tapped {
 		x.tap = p.taps.Get().(*tap)
 		x.tap.reset(p.bodies || mirror != nil)
@@ -564,7 +562,7 @@ func (p *Proxy) forward(ctx *fasthttp.RequestCtx, rec *recorder.Request, up *ups
 	resp.Header.Set(HeaderBackend, up.name)
 
 	x.conn = c
-	x.reusable = x.dec.init(c.br, &h, ctx.IsHead())
+	x.dec.init(c.br, &h, ctx.IsHead())
 	if bytes.HasPrefix(h.ContentType(), ctEventStream) {
 		// headers go out now, as the backend sent them before the first token
 		resp.ImmediateHeaderFlush = true
@@ -632,7 +630,7 @@ func (x *exchange) whole(ctx *fasthttp.RequestCtx) {
 		x.done()
 		return
 	}
-	x.release(x.reusable && !x.dec.eof)
+	x.release(x.dec.reusable())
 	b := buf.Bytes()
 	if x.tap != nil && bytes.HasPrefix(ctx.Response.Header.ContentType(), ctJSON) {
 		x.tap.body(b)
@@ -875,7 +873,7 @@ func (x *exchange) endStream(st *pumpState, err error) {
 	st.ended = true
 	rec.EndNS = st.t
 	if err == io.EOF {
-		st.reuse = x.reusable && !x.dec.eof
+		st.reuse = x.dec.reusable()
 		return
 	}
 	rec.EndNS = now() // the time of the failure, not of the last data
