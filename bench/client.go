@@ -52,18 +52,15 @@ const (
 
 // endpoint is the server bench talks to and its idle connections.
 type endpoint struct {
-	base     string // URL as given, for messages
-	addr     string // host:port to dial
-	host     string // Host header
-	prefix   string // path prefix before /v1
-	tlsConf  *tls.Config
-	dialTO   time.Duration
-	idleTO   time.Duration
-	keepIdle time.Duration
-	static   []byte // header lines sent with every request
-
-	mu   sync.Mutex
-	idle []*conn
+	base    string // URL as given, for messages
+	addr    string // host:port to dial
+	host    string // Host header
+	prefix  string // path prefix before /v1
+	tlsConf *tls.Config
+	dialTO  time.Duration
+	idleTO  time.Duration
+	static  []byte // header lines sent with every request
+	pool    wire.IdlePool[*conn]
 }
 
 // newEndpoint parses a base URL: scheme://host[:port][/prefix], with or
@@ -78,9 +75,7 @@ func newEndpoint(base, apiKey, userAgent string, idleTimeout time.Duration) (*en
 	}
 	e := &endpoint{
 		base: base, host: u.Host, dialTO: 10 * time.Second, idleTO: idleTimeout,
-		// uvicorn (vLLM's server) closes idle keep-alive connections after
-		// 5 s; reusing one just before that races with its close.
-		keepIdle: 4 * time.Second,
+		pool: wire.IdlePool[*conn]{MaxIdle: 4 * time.Second},
 	}
 	e.prefix = strings.TrimSuffix(strings.TrimSuffix(u.EscapedPath(), "/"), "/v1")
 	e.addr = u.Host
@@ -114,14 +109,13 @@ func newEndpoint(base, apiKey, userAgent string, idleTimeout time.Duration) (*en
 // update, so it is moved only once a quarter of idleTO has passed; a silent
 // server is then caught after between idleTO and 1.25·idleTO.
 type conn struct {
-	nc       net.Conn     // the connection (TLS or TCP): deadlines, writes, Close
-	rd       io.Reader    // what reads go through: nc, or the stamped TCP conn
-	stamp    *wire.RxConn // kernel receive times; nil when unavailable
-	br       *bufio.Reader
-	idleTO   time.Duration
-	armed    int64 // Unix ns when the read deadline was last set; 0 none
-	lastUsed time.Time
-	reused   bool
+	nc     net.Conn     // the connection (TLS or TCP): deadlines, writes, Close
+	rd     io.Reader    // what reads go through: nc, or the stamped TCP conn
+	stamp  *wire.RxConn // kernel receive times; nil when unavailable
+	br     *bufio.Reader
+	idleTO time.Duration
+	armed  int64 // Unix ns when the read deadline was last set; 0 none
+	reused bool
 }
 
 func (c *conn) Read(p []byte) (int, error) {
@@ -148,20 +142,10 @@ func (c *conn) now() int64 {
 }
 
 func (e *endpoint) get() (*conn, error) {
-	now := time.Now()
-	e.mu.Lock()
-	for n := len(e.idle); n > 0; n = len(e.idle) {
-		c := e.idle[n-1]
-		e.idle[n-1] = nil
-		e.idle = e.idle[:n-1]
-		if now.Sub(c.lastUsed) < e.keepIdle {
-			e.mu.Unlock()
-			c.reused = true
-			return c, nil
-		}
-		_ = c.nc.Close()
+	if c, ok := e.pool.Get(); ok {
+		c.reused = true
+		return c, nil
 	}
-	e.mu.Unlock()
 	return e.dial()
 }
 
@@ -193,20 +177,13 @@ func (e *endpoint) dial() (*conn, error) {
 func (e *endpoint) put(c *conn) {
 	_ = c.nc.SetReadDeadline(time.Time{})
 	c.armed = 0
-	c.lastUsed = time.Now()
-	e.mu.Lock()
-	e.idle = append(e.idle, c)
-	e.mu.Unlock()
+	e.pool.Put(c)
 }
 
-func (e *endpoint) closeIdle() {
-	e.mu.Lock()
-	for _, c := range e.idle {
-		_ = c.nc.Close()
-	}
-	e.idle = nil
-	e.mu.Unlock()
-}
+func (e *endpoint) closeIdle() { e.pool.CloseIdle() }
+
+// Close closes the connection (for the pool).
+func (c *conn) Close() error { return c.nc.Close() }
 
 // call is one request to send: method, path and body, plus the headers
 // that vary per request.

@@ -28,20 +28,16 @@ import (
 
 // upstream is one configured backend and its idle connections.
 type upstream struct {
-	name     string
-	model    string
-	apiKey   string
-	addr     string // host:port to dial
-	host     string // Host header
-	useTLS   bool
-	tlsConf  *tls.Config
-	dialTO   time.Duration
-	idleTO   time.Duration
-	keepIdle time.Duration // drop pooled conns idle longer than this
-
-	mu   sync.Mutex
-	idle []*upConn
-	max  int
+	name    string
+	model   string
+	apiKey  string
+	addr    string // host:port to dial
+	host    string // Host header
+	useTLS  bool
+	tlsConf *tls.Config
+	dialTO  time.Duration
+	idleTO  time.Duration
+	pool    wire.IdlePool[*upConn]
 
 	// inflight counts requests at this backend now: [0] primaries, [1]
 	// shadows, from roundTrip until done (Proxy.Stats).
@@ -57,10 +53,7 @@ func newUpstream(b config.Backend, connectTimeout, idleTimeout time.Duration, ma
 		name: b.Name, model: b.Model, apiKey: b.APIKey,
 		host: u.Host, useTLS: u.Scheme == "https",
 		dialTO: connectTimeout, idleTO: idleTimeout,
-		// uvicorn (vLLM's server) closes idle keep-alive connections after 5 s;
-		// reusing one just before that races with its close.
-		keepIdle: 4 * time.Second,
-		max:      maxIdle,
+		pool: wire.IdlePool[*upConn]{MaxIdle: 4 * time.Second, Max: maxIdle},
 	}
 	up.addr = u.Host
 	if u.Port() == "" {
@@ -82,7 +75,6 @@ type upConn struct {
 	c        net.Conn
 	br       *bufio.Reader
 	idleTO   time.Duration
-	lastUsed time.Time
 	reused   bool
 	aborted  atomic.Bool    // set by Shutdown after the drain timeout
 	deadline time.Time      // bounds a whole exchange (shadows); zero = none
@@ -198,19 +190,10 @@ func (c *upConn) readTime() int64 {
 }
 
 func (u *upstream) get() (*upConn, error) {
-	now := time.Now()
-	u.mu.Lock()
-	for n := len(u.idle); n > 0; n = len(u.idle) {
-		c := u.idle[n-1]
-		u.idle = u.idle[:n-1]
-		if now.Sub(c.lastUsed) < u.keepIdle {
-			u.mu.Unlock()
-			c.reused = true
-			return c, nil
-		}
-		_ = c.c.Close()
+	if c, ok := u.pool.Get(); ok {
+		c.reused = true
+		return c, nil
 	}
-	u.mu.Unlock()
 	return u.dial()
 }
 
@@ -239,25 +222,13 @@ func (u *upstream) dial() (*upConn, error) {
 
 func (u *upstream) put(c *upConn) {
 	c.deadline = time.Time{} // the read deadline is reset by the next Read (arm)
-	c.lastUsed = time.Now()
-	u.mu.Lock()
-	if len(u.idle) < u.max {
-		u.idle = append(u.idle, c)
-		u.mu.Unlock()
-		return
-	}
-	u.mu.Unlock()
-	_ = c.c.Close()
+	u.pool.Put(c)
 }
 
-func (u *upstream) closeIdle() {
-	u.mu.Lock()
-	for _, c := range u.idle {
-		_ = c.c.Close()
-	}
-	u.idle = nil
-	u.mu.Unlock()
-}
+func (u *upstream) closeIdle() { u.pool.CloseIdle() }
+
+// Close closes the connection (for the pool).
+func (c *upConn) Close() error { return c.c.Close() }
 
 // hopHeaders are connection-level headers that a proxy must not forward
 // (RFC 9110 §7.6.1), plus the ones the proxy sets itself.
