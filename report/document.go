@@ -92,6 +92,31 @@ func sourceRuns(names []string) string {
 
 // buildDocument lays the report out: the study's sections first, then
 // everything the study did not have.
+// scenarioTables writes one bold table per scenario of the study's tests
+// (Max Throughput, Min Latency): rows of that scenario, what they are, and
+// the runs they come from. row gives a row's scenario, run and cells.
+func scenarioTables[R any](d *document, scenarios []string, rows []R, what string, head func() *table, row func(R) (scenario, run string, cells []string)) {
+	for _, sc := range scenarios {
+		t := head()
+		t.bold = true
+		var runs []string
+		for _, r := range rows {
+			rsc, run, cells := row(r)
+			if rsc != sc {
+				continue
+			}
+			t.add(cells...)
+			runs = append(runs, run)
+		}
+		if len(t.rows) == 0 {
+			continue
+		}
+		d.p("Scenario %s: %s.", sc, what)
+		d.tbl(t)
+		d.p("%s", sourceRuns(runs))
+	}
+}
+
 func buildDocument(r *Report, withCharts bool) *document {
 	d := &document{}
 	d.h(1, "abproxy report")
@@ -144,24 +169,13 @@ func buildDocument(r *Report, withCharts bool) *document {
 	scenarios := scenariosOf(r)
 	if len(r.MaxThroughput) > 0 {
 		d.h(2, "Max Throughput Test")
-		for _, sc := range scenarios {
-			t := newTable("Config", "Concurrency", "Output Throughput", "Total Throughput", "E2E P50", "E2E P99", "TTFT P50").numeric(1, 2, 3, 4, 5, 6)
-			t.bold = true
-			var runs []string
-			for _, m := range r.MaxThroughput {
-				if m.Scenario != sc {
-					continue
-				}
-				t.add(m.Backend, fmt.Sprint(m.Concurrency), fTok(m.OutputThroughput), fTok(m.TotalThroughput), fAuto(m.E2EP50), fAuto(m.E2EP99), fAuto(m.TTFTP50))
-				runs = append(runs, m.Run)
-			}
-			if len(t.rows) == 0 {
-				continue
-			}
-			d.p("Scenario %s: the run with the highest output throughput of each backend's concurrency sweep.", sc)
-			d.tbl(t)
-			d.p("%s", sourceRuns(runs))
-		}
+		scenarioTables(d, scenarios, r.MaxThroughput, "the run with the highest output throughput of each backend's concurrency sweep",
+			func() *table {
+				return newTable("Config", "Concurrency", "Output Throughput", "Total Throughput", "E2E P50", "E2E P99", "TTFT P50").numeric(1, 2, 3, 4, 5, 6)
+			},
+			func(m MaxThroughputRow) (string, string, []string) {
+				return m.Scenario, m.Run, []string{m.Backend, fmt.Sprint(m.Concurrency), fTok(m.OutputThroughput), fTok(m.TotalThroughput), fAuto(m.E2EP50), fAuto(m.E2EP99), fAuto(m.TTFTP50)}
+			})
 		if withCharts {
 			d.chart("throughput")
 			d.chart("ttft")
@@ -170,24 +184,13 @@ func buildDocument(r *Report, withCharts bool) *document {
 	}
 	if len(r.MinLatency) > 0 {
 		d.h(2, "Min Latency Test")
-		for _, sc := range scenarios {
-			t := newTable("Config", "Concurrency", "Throughput", "E2E Mean", "E2E P50", "E2E Min", "E2E Max").numeric(1, 2, 3, 4, 5, 6)
-			t.bold = true
-			var runs []string
-			for _, m := range r.MinLatency {
-				if m.Scenario != sc {
-					continue
-				}
-				t.add(m.Backend, fmt.Sprint(m.Concurrency), fTok(m.OutputThroughput), fMs(m.E2EMean), fMs(m.E2EP50), fMs(m.E2EMin), fMs(m.E2EMax))
-				runs = append(runs, m.Run)
-			}
-			if len(t.rows) == 0 {
-				continue
-			}
-			d.p("Scenario %s: the concurrency-2 run of each backend (its lowest concurrency if it has none).", sc)
-			d.tbl(t)
-			d.p("%s", sourceRuns(runs))
-		}
+		scenarioTables(d, scenarios, r.MinLatency, "the concurrency-2 run of each backend (its lowest concurrency if it has none)",
+			func() *table {
+				return newTable("Config", "Concurrency", "Throughput", "E2E Mean", "E2E P50", "E2E Min", "E2E Max").numeric(1, 2, 3, 4, 5, 6)
+			},
+			func(m MinLatencyRow) (string, string, []string) {
+				return m.Scenario, m.Run, []string{m.Backend, fmt.Sprint(m.Concurrency), fTok(m.OutputThroughput), fMs(m.E2EMean), fMs(m.E2EP50), fMs(m.E2EMin), fMs(m.E2EMax)}
+			})
 	}
 	if len(r.Improvement) > 0 {
 		d.h(2, "Improvement Summary")
