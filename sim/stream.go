@@ -213,8 +213,12 @@ func (r *request) WriteTo(w io.Writer) (int64, error) {
 			if upto == r.target {
 				buf = r.appendTail(buf)
 			}
-			n, err := w.Write(buf)
+			// the truth is when the bytes are handed to the kernel: stamped
+			// before the write, because after it the goroutine may wait
+			// milliseconds for a P under load (exitsyscall), which made the
+			// truth late and the proxy look early
 			now := time.Now()
+			n, err := w.Write(buf)
 			total += int64(n)
 			if err != nil {
 				r.abort(499, first, written)

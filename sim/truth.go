@@ -20,10 +20,12 @@ type TruthRecord struct {
 	Endpoint string `json:"endpoint"`
 	// ReceivedNS is when the request body had been fully read.
 	ReceivedNS int64 `json:"received_ns"`
-	// FirstContentNS is when the first content-bearing chunk had been
-	// flushed; 0 for non-streamed responses and for errors.
+	// FirstContentNS is when the first content-bearing chunk was handed to
+	// the socket (the moment its write began); 0 for non-streamed responses
+	// and for errors.
 	FirstContentNS int64 `json:"first_content_ns"`
-	// EndNS is when the last byte had been flushed. For non-streamed bodies
+	// EndNS is when the last data write began (the chunked terminator
+	// follows it at once). For non-streamed bodies
 	// it is taken as the body is handed to fasthttp, which writes and flushes
 	// it immediately after the handler returns (microseconds later).
 	EndNS int64 `json:"end_ns"`
