@@ -178,7 +178,7 @@ func summarize(rs []Result) Stats {
 			}
 			class := r.Error
 			if class == "" {
-				class = "status_" + strconv.Itoa(r.Status)
+				class = "http_" + strconv.Itoa(r.Status) // the report's name for a classless failure
 			}
 			st.Errors[class]++
 			continue
