@@ -105,27 +105,18 @@ func newEndpoint(base, apiKey, userAgent string, idleTimeout time.Duration) (*en
 }
 
 // conn is one keep-alive connection. Read keeps an idle deadline: no read
-// may wait longer than idleTO. Re-arming the deadline costs a runtime timer
-// update, so it is moved only once a quarter of idleTO has passed; a silent
-// server is then caught after between idleTO and 1.25·idleTO.
+// waits much longer than the endpoint's idle timeout (wire.ReadDeadline).
 type conn struct {
 	nc     net.Conn     // the connection (TLS or TCP): deadlines, writes, Close
 	rd     io.Reader    // what reads go through: nc, or the stamped TCP conn
 	stamp  *wire.RxConn // kernel receive times; nil when unavailable
 	br     *bufio.Reader
-	idleTO time.Duration
-	armed  int64 // Unix ns when the read deadline was last set; 0 none
+	idle   wire.ReadDeadline
 	reused bool
 }
 
 func (c *conn) Read(p []byte) (int, error) {
-	if c.idleTO > 0 {
-		now := time.Now()
-		if ns := now.UnixNano(); ns-c.armed > int64(c.idleTO/4) {
-			_ = c.nc.SetReadDeadline(now.Add(c.idleTO + c.idleTO/4))
-			c.armed = ns
-		}
-	}
+	c.idle.Arm(c.nc)
 	return c.rd.Read(p)
 }
 
@@ -155,7 +146,7 @@ func (e *endpoint) dial() (*conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &conn{nc: raw, rd: raw, idleTO: e.idleTO}
+	c := &conn{nc: raw, rd: raw, idle: wire.ReadDeadline{Idle: e.idleTO}}
 	var under net.Conn = raw
 	if c.stamp = wire.NewRxConn(raw); c.stamp != nil {
 		under, c.rd = c.stamp, c.stamp
@@ -174,11 +165,7 @@ func (e *endpoint) dial() (*conn, error) {
 	return c, nil
 }
 
-func (e *endpoint) put(c *conn) {
-	_ = c.nc.SetReadDeadline(time.Time{})
-	c.armed = 0
-	e.pool.Put(c)
-}
+func (e *endpoint) put(c *conn) { e.pool.Put(c) } // the next Read moves the deadline
 
 func (e *endpoint) closeIdle() { e.pool.CloseIdle() }
 

@@ -1,8 +1,10 @@
 package bench
 
 import (
+	"context"
 	"maps"
 	"testing"
+	"time"
 )
 
 // A failure without an error class is counted under the report's name for
@@ -21,5 +23,24 @@ func TestSummarizeNamesFailures(t *testing.T) {
 	want := map[string]int{"http_503": 1, "timeout": 1}
 	if !maps.Equal(st.Errors, want) {
 		t.Fatalf("errors %v, want %v", st.Errors, want)
+	}
+}
+
+// A server that stops sending mid-stream is cut after the idle timeout
+// (and its slack), not waited for: both requests fail as timeouts long
+// before the 1.8 s each stream would take.
+func TestIdleTimeoutCutsASilentStream(t *testing.T) {
+	f := newFakeServer(t, 3, 600*time.Millisecond)
+	cfg := baseConfig(f.url, "")
+	cfg.Concurrency, cfg.MaxRequests, cfg.IdleTimeout = []int{1}, 2, 200*time.Millisecond
+	start := time.Now()
+	sums := runBench(t, context.Background(), cfg)
+	took := time.Since(start)
+	st := sums[0].Stats
+	if st.Failed != 2 || st.Errors[errTimeout] != 2 {
+		t.Fatalf("failed %d, errors %v; want 2 timeouts", st.Failed, st.Errors)
+	}
+	if took > 1500*time.Millisecond {
+		t.Fatalf("two silent streams took %v to give up; the idle timeout is 200 ms", took)
 	}
 }

@@ -149,9 +149,9 @@ func (p *Proxy) runShadow(pr *pair, rec *recorder.Request, up *upstream, req *fa
 	x := &exchange{p: p, rec: rec, up: up, pair: pr}
 	x.tap = p.taps.Get().(*tap)
 	x.tap.reset(true)
-	deadline := time.Now().Add(p.cfg.Route.ShadowTimeout.Duration)
+	until := time.Now().Add(p.cfg.Route.ShadowTimeout.Duration).UnixNano()
 	var h fasthttp.ResponseHeader
-	c, err := p.roundTrip(req, req.Header.RequestURI(), rec, up, body, true, &h, deadline, nil)
+	c, err := p.roundTrip(req, req.Header.RequestURI(), rec, up, body, true, &h, until, nil)
 	if err != nil {
 		x.roundTripError(err)
 		x.done()

@@ -468,16 +468,16 @@ type exchange struct {
 
 // roundTrip sends the request and reads the response header. A pooled
 // connection the backend closed meanwhile gets one retry on a fresh one.
-// A non-zero deadline bounds the whole exchange (shadows).
+// A non-zero until (Unix ns) bounds the whole exchange (shadows).
 // afterWrite, if not nil, runs once the request has been written.
-func (p *Proxy) roundTrip(req *fasthttp.Request, uri []byte, rec *recorder.Request, up *upstream, body []byte, tapped bool, h *fasthttp.ResponseHeader, deadline time.Time, afterWrite func()) (*upConn, error) {
+func (p *Proxy) roundTrip(req *fasthttp.Request, uri []byte, rec *recorder.Request, up *upstream, body []byte, tapped bool, h *fasthttp.ResponseHeader, until int64, afterWrite func()) (*upConn, error) {
 	up.flight(rec.Role).Add(1) // until done: every exchange that gets here ends there
 	for attempt := 0; ; attempt++ {
 		c, err := up.get()
 		if err != nil {
 			return nil, err
 		}
-		c.deadline = deadline
+		c.deadline.Until = until
 		p.track(c)
 		err = up.writeRequest(c, req, uri, body, rec.ID, tapped)
 		if err == nil {
@@ -531,7 +531,7 @@ func (p *Proxy) forward(ctx *fasthttp.RequestCtx, rec *recorder.Request, up *ups
 		}
 	}
 	var h fasthttp.ResponseHeader
-	c, err := p.roundTrip(&ctx.Request, ctx.Request.Header.RequestURI(), rec, up, body, tapped, &h, time.Time{}, launch)
+	c, err := p.roundTrip(&ctx.Request, ctx.Request.Header.RequestURI(), rec, up, body, tapped, &h, 0, launch)
 	launch() // the primary failed before its request went out
 	if err != nil {
 		status := x.roundTripError(err)

@@ -72,13 +72,12 @@ func newUpstream(b config.Backend, connectTimeout, idleTimeout time.Duration, ma
 // upConn is one connection to a backend. Read restarts the idle deadline
 // so that a stream may last for hours while a silent backend is still caught.
 type upConn struct {
-	c        net.Conn
-	br       *bufio.Reader
-	idleTO   time.Duration
-	reused   bool
-	aborted  atomic.Bool    // set by Shutdown after the drain timeout
-	deadline time.Time      // bounds a whole exchange (shadows); zero = none
-	armed    int64          // read deadline set on c, Unix ns; 0 = none
+	c       net.Conn
+	br      *bufio.Reader
+	reused  bool
+	aborted atomic.Bool // set by Shutdown after the drain timeout
+	// idle timeout between reads and, for shadows, a cap on the exchange
+	deadline wire.ReadDeadline
 	rx       *wire.RxReader // kernel receive timestamps; nil for TLS or non-Linux
 	rxNS     int64          // receive time of the data of the last socket read
 	// Inside a read session (see pump), Read uses the session's descriptor
@@ -95,9 +94,7 @@ func (c *upConn) Read(p []byte) (int, error) {
 	if c.aborted.Load() {
 		return 0, errAborted
 	}
-	if c.idleTO > 0 || !c.deadline.IsZero() || c.armed != 0 {
-		c.arm()
-	}
+	c.deadline.Arm(c.c)
 	if c.inSess {
 		n, ts, err := c.rx.ReadFD(c.sessFD, p)
 		if err == wire.ErrWouldBlock {
@@ -141,44 +138,6 @@ func (c *upConn) session(step func() bool) error {
 	})
 }
 
-// arm keeps the read deadline at the idle timeout after the last read,
-// capped by the exchange's deadline. Moving a deadline is a runtime timer
-// update (and can wake the netpoller), so one set is allowed to fire up to
-// idleSlack late and is left alone until it would: at most a few resets a
-// second per stream instead of one per chunk.
-func (c *upConn) arm() {
-	var lo, hi int64 // acceptable deadline range, Unix ns; 0 = none wanted
-	if c.idleTO > 0 {
-		t := time.Now().UnixNano() + int64(c.idleTO)
-		lo, hi = t, t+int64(idleSlack(c.idleTO))
-	}
-	if !c.deadline.IsZero() {
-		dl := c.deadline.UnixNano()
-		if hi == 0 || dl < hi {
-			hi = dl
-		}
-		if lo == 0 || dl < lo {
-			lo = dl
-		}
-	}
-	if hi != 0 && c.armed >= lo && c.armed <= hi {
-		return
-	}
-	if hi == 0 && c.armed == 0 {
-		return
-	}
-	c.armed = hi
-	if hi == 0 {
-		_ = c.c.SetReadDeadline(time.Time{})
-		return
-	}
-	_ = c.c.SetReadDeadline(time.Unix(0, hi))
-}
-
-// idleSlack is how late an idle timeout may fire: a quarter of it, at most
-// a second.
-func idleSlack(idle time.Duration) time.Duration { return min(idle/4, time.Second) }
-
 // readTime is when the data last read from the socket arrived: the
 // kernel's receive time when known, else now. Bytes served from the bufio
 // buffer carry the time of the socket read that brought them.
@@ -209,7 +168,7 @@ func (u *upstream) dial() (*upConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &upConn{c: nc, idleTO: u.idleTO}
+	c := &upConn{c: nc, deadline: wire.ReadDeadline{Idle: u.idleTO}}
 	if !u.useTLS {
 		c.rx = wire.NewRxReader(nc)
 	}
@@ -221,7 +180,7 @@ func (u *upstream) dial() (*upConn, error) {
 }
 
 func (u *upstream) put(c *upConn) {
-	c.deadline = time.Time{} // the read deadline is reset by the next Read (arm)
+	c.deadline.Until = 0 // the connection's deadline is moved by the next Read
 	u.pool.Put(c)
 }
 
