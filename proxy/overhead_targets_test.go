@@ -41,7 +41,8 @@ const (
 	ovhBackendEnv = "ABPROXY_OVERHEAD_BACKEND" // child: backend URL
 	ovhDBEnv      = "ABPROXY_OVERHEAD_DB"      // child: SQLite path
 	ovhProfileEnv = "ABPROXY_OVERHEAD_CPUPROFILE"
-	ovhPprofEnv   = "ABPROXY_OVERHEAD_PPROF" // child: serve net/http/pprof on this address
+	ovhPprofEnv   = "ABPROXY_OVERHEAD_PPROF"  // child: serve net/http/pprof on this address
+	ovhConfigEnv  = "ABPROXY_OVERHEAD_CONFIG" // child: config file, in place of the three above
 )
 
 func init() {
@@ -56,6 +57,8 @@ func init() {
 func ovhChildServe() int {
 	fail := func(err error) int { fmt.Fprintln(os.Stderr, "overhead child:", err); return 1 }
 	if path := os.Getenv(ovhProfileEnv); path != "" {
+		// "%d" becomes the pid, when several children profile at once
+		path = strings.ReplaceAll(path, "%d", strconv.Itoa(os.Getpid()))
 		f, err := os.Create(path)
 		if err != nil {
 			return fail(err)
@@ -69,9 +72,17 @@ func ovhChildServe() int {
 		go func() { _ = http.ListenAndServe(addr, nil) }() // net/http/pprof's handlers
 	}
 	cfg := config.Default()
-	cfg.Proxy.Listen = os.Getenv(ovhListenEnv)
-	cfg.Recorder.Path = os.Getenv(ovhDBEnv)
-	cfg.Backends = []config.Backend{{Name: "sim", URL: os.Getenv(ovhBackendEnv)}}
+	if path := os.Getenv(ovhConfigEnv); path != "" {
+		c, err := config.Load(path)
+		if err != nil {
+			return fail(err)
+		}
+		cfg = c
+	} else {
+		cfg.Proxy.Listen = os.Getenv(ovhListenEnv)
+		cfg.Recorder.Path = os.Getenv(ovhDBEnv)
+		cfg.Backends = []config.Backend{{Name: "sim", URL: os.Getenv(ovhBackendEnv)}}
+	}
 	if err := cfg.Validate(); err != nil {
 		return fail(err)
 	}
@@ -144,9 +155,35 @@ func ovhStartAbproxy(b *testing.B, dir, backendURL, cpuProfile string) (*ovhProc
 	if keep := os.Getenv("ABPROXY_OVERHEAD_KEEPDB"); keep != "" {
 		db = keep // keep abproxy's records after the run, to query them
 	}
+	args := []string{"serve", "--backend", "sim=" + backendURL, "--listen", addr, "--db", db, "--run", "overhead"}
+	env := []string{ovhListenEnv + "=" + addr, ovhBackendEnv + "=" + backendURL, ovhDBEnv + "=" + db}
+	if cpuProfile != "" {
+		env = append(env, ovhProfileEnv+"="+cpuProfile)
+	}
+	return ovhLaunchAbproxy(dir, "abproxy", addr, db, args, env)
+}
+
+// ovhStartAbproxyConfig starts an abproxy named name from a config file
+// written from cfg, with its listen address and database filled in.
+func ovhStartAbproxyConfig(dir, name string, cfg func(listen, db string) string) (*ovhProc, error) {
+	addr, err := ovhFreeAddr()
+	if err != nil {
+		return nil, err
+	}
+	db := filepath.Join(dir, name+".db")
+	path := filepath.Join(dir, name+".toml")
+	if err := os.WriteFile(path, []byte(cfg(addr, db)), 0o644); err != nil {
+		return nil, err
+	}
+	return ovhLaunchAbproxy(dir, name, addr, db, []string{"serve", "--config", path, "--run", "overhead"}, []string{ovhConfigEnv + "=" + path})
+}
+
+// ovhLaunchAbproxy runs the proxy as a child: ABPROXY_OVERHEAD_BIN with
+// args when set, else this test binary in serve mode with env.
+func ovhLaunchAbproxy(dir, name, addr, db string, args, env []string) (*ovhProc, error) {
 	var cmd *exec.Cmd
 	if bin := os.Getenv("ABPROXY_OVERHEAD_BIN"); bin != "" {
-		cmd = exec.Command(bin, "serve", "--backend", "sim="+backendURL, "--listen", addr, "--db", db, "--run", "overhead")
+		cmd = exec.Command(bin, args...)
 		cmd.Env = os.Environ()
 	} else {
 		exe, err := os.Executable()
@@ -154,18 +191,16 @@ func ovhStartAbproxy(b *testing.B, dir, backendURL, cpuProfile string) (*ovhProc
 			return nil, err
 		}
 		cmd = exec.Command(exe)
-		cmd.Env = append(os.Environ(), ovhChildEnv+"=serve", ovhListenEnv+"="+addr, ovhBackendEnv+"="+backendURL, ovhDBEnv+"="+db)
-		if cpuProfile != "" {
-			cmd.Env = append(cmd.Env, ovhProfileEnv+"="+cpuProfile)
-		}
+		cmd.Env = append(append(os.Environ(), ovhChildEnv+"=serve"), env...)
 	}
 	if extra := os.Getenv("ABPROXY_OVERHEAD_CHILD_ENV"); extra != "" {
 		cmd.Env = append(cmd.Env, strings.Split(extra, ",")...) // e.g. GOMAXPROCS=1,GOGC=200
 	}
 	cmd.Dir = dir // no stray ./config.toml is picked up
-	p := &ovhProc{name: "abproxy", addr: addr, cmd: cmd, dir: dir, db: db}
+	p := &ovhProc{name: name, addr: addr, cmd: cmd, dir: dir, db: db}
 	cmd.Stdout = &p.stdout
-	logf, err := os.Create(filepath.Join(dir, "abproxy.log"))
+	logPath := filepath.Join(dir, name+".log")
+	logf, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
 	}
@@ -176,7 +211,7 @@ func ovhStartAbproxy(b *testing.B, dir, backendURL, cpuProfile string) (*ovhProc
 	p.pids = []int{cmd.Process.Pid}
 	if err := ovhWaitHTTP(addr, "/health", 10*time.Second); err != nil {
 		p.stop()
-		return nil, fmt.Errorf("abproxy did not come up: %w (log: %s)", err, ovhTail(filepath.Join(dir, "abproxy.log")))
+		return nil, fmt.Errorf("%s did not come up: %w (log: %s)", name, err, ovhTail(logPath))
 	}
 	return p, nil
 }
