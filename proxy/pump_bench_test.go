@@ -113,3 +113,23 @@ func BenchmarkTapEvent(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkRequestPrep is the proxy's own work on a typical streamed chat
+// request before it goes upstream: parse the body, hash the prompt, and
+// render it with the backend's model and include_usage. One op is one
+// request.
+func BenchmarkRequestPrep(b *testing.B) {
+	body := []byte(`{"model":"Qwen/Qwen2.5-14B-Instruct","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Summarise the following paragraph in two sentences: the quick brown fox jumps over the lazy dog while the cat watches from the fence and the farmer counts his sheep."}],"max_tokens":128,"temperature":0.7,"stream":true}`)
+	rw := &rewriter{}
+	b.ReportAllocs()
+	b.SetBytes(int64(len(body)))
+	for b.Loop() {
+		cr, err := rw.parse(body, false)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if out := rw.render(body, cr, "qwen-14b-fp8"); len(out) == 0 {
+			b.Fatal("empty render")
+		}
+	}
+}
