@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/abproxy/abproxy/internal/testutil"
 	"github.com/abproxy/abproxy/recorder"
 	"github.com/abproxy/abproxy/sim"
 )
@@ -56,7 +57,7 @@ func TestExactPromptTokensEndToEnd(t *testing.T) {
 			t.Errorf("%s: %+v", s.Name, s.Stats)
 		}
 	}
-	d := openDB(t, db)
+	d := testutil.OpenDB(t, db)
 	if n := queryInt(t, d, `SELECT sum(prompt_tokens) FROM requests WHERE run_id = (SELECT id FROM runs WHERE scenario = 'D(100,4)')`); n != int64(100*cfg.MaxRequests) {
 		t.Errorf("D(100,4): the server reported %d prompt tokens over %d requests, want %d", n, cfg.MaxRequests, 100*cfg.MaxRequests)
 	}
@@ -82,7 +83,7 @@ func TestApproximateCounts(t *testing.T) {
 			t.Errorf("request %d: exact %v, server estimate %d, bench estimate %d", r.Index, r.Exact, r.PromptTokens, r.PlannedPrompt)
 		}
 	}
-	d := openDB(t, db)
+	d := testutil.OpenDB(t, db)
 	if n := queryInt(t, d, `SELECT json_extract(meta, '$.approximate_counts') FROM runs WHERE name = ?`, sums[0].Name); n != 1 {
 		t.Error("runs.meta does not flag approximate counts")
 	}
@@ -107,7 +108,7 @@ func TestRunsRowsAndMetadata(t *testing.T) {
 	if len(sums) != 4 {
 		t.Fatalf("%d runs, want 2 scenarios × 2 concurrencies", len(sums))
 	}
-	d := openDB(t, db)
+	d := testutil.OpenDB(t, db)
 	runs, err := recorder.ListRuns(d)
 	if err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"io"
@@ -11,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/abproxy/abproxy/recorder"
 	"github.com/abproxy/abproxy/sim"
 	"github.com/abproxy/abproxy/tokenizer"
 )
@@ -50,24 +48,6 @@ func sonnet(t testing.TB) string {
 	return p
 }
 
-// lockedBuffer is a concurrency-safe truth sink.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) Bytes() []byte {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return bytes.Clone(l.b.Bytes())
-}
-
 // startSim serves a sim; mod may adjust the options (CountPrompt, Truth).
 func startSim(t testing.TB, profile string, speedup float64, mod func(*sim.Options)) (string, *sim.Server) {
 	t.Helper()
@@ -100,17 +80,6 @@ func runBench(t testing.TB, ctx context.Context, cfg Config) []RunSummary {
 		t.Fatal(err)
 	}
 	return sums
-}
-
-// openDB opens a database read-only for assertions.
-func openDB(t testing.TB, path string) *sql.DB {
-	t.Helper()
-	db, err := recorder.OpenReadOnly(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	return db
 }
 
 func queryInt(t testing.TB, db *sql.DB, q string, args ...any) int64 {

@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/abproxy/abproxy/internal/testutil"
 )
 
 // fakeServer is an OpenAI streaming server with a fixed answer time that
@@ -313,7 +315,7 @@ func TestWarmupExcluded(t *testing.T) {
 		t.Errorf("X-ABProxy-Run headers: %v", f.runs)
 	}
 	f.mu.Unlock()
-	d := openDB(t, db)
+	d := testutil.OpenDB(t, db)
 	if n := queryInt(t, d, `SELECT count(*) FROM requests WHERE run_id = (SELECT id FROM runs WHERE name = ?)`, name); n != 10 {
 		t.Errorf("run has %d rows, want 10", n)
 	}
@@ -349,7 +351,7 @@ func TestInterruptMarksIncomplete(t *testing.T) {
 	if len(sums) != 1 || sums[0].Status != "incomplete" || sums[0].StoppedBy != "interrupted" {
 		t.Fatalf("summaries %+v", sums)
 	}
-	d := openDB(t, db)
+	d := testutil.OpenDB(t, db)
 	var status, stopped string
 	var ended int64
 	if err := d.QueryRow(`SELECT json_extract(meta,'$.status'), json_extract(meta,'$.stopped_by'), ended_ns FROM runs WHERE name = ?`,

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/abproxy/abproxy/config"
+	"github.com/abproxy/abproxy/internal/testutil"
 	"github.com/abproxy/abproxy/proxy"
 	"github.com/abproxy/abproxy/recorder"
 	"github.com/abproxy/abproxy/sim"
@@ -46,7 +47,7 @@ func startProxy(t testing.TB, db string, backends ...config.Backend) string {
 
 // twoSims starts a baseline and an optimized sim behind a proxy recording
 // into db, and returns the proxy's URL.
-func twoSims(t testing.TB, db string, truth *lockedBuffer) string {
+func twoSims(t testing.TB, db string, truth *testutil.SyncBuffer) string {
 	t.Helper()
 	mod := func(o *sim.Options) {
 		if truth != nil {
@@ -97,7 +98,7 @@ func TestTwoArmsThroughProxy(t *testing.T) {
 	if aStart > bEnd || bStart > aEnd {
 		t.Error("the two arms did not run at the same time")
 	}
-	d := openDB(t, db)
+	d := testutil.OpenDB(t, db)
 	for _, s := range sums {
 		q := `FROM requests WHERE run_id = (SELECT id FROM runs WHERE name = ?)`
 		if n := queryInt(t, d, `SELECT count(*) `+q+` AND backend = ? AND client_start_ns IS NOT NULL AND client_first_token_ns > client_start_ns`, s.Name, s.Backend); n != 24 {
@@ -133,7 +134,7 @@ func minNZ(a, b int64) int64 {
 func TestProxyChecks(t *testing.T) {
 	dir := t.TempDir()
 	db := filepath.Join(dir, "p.db")
-	var truth lockedBuffer
+	var truth testutil.SyncBuffer
 	url := twoSims(t, db, &truth)
 
 	cfg := baseConfig(url, db)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/abproxy/abproxy/admin"
+	"github.com/abproxy/abproxy/internal/testutil"
 	"github.com/abproxy/abproxy/recorder"
 	"github.com/abproxy/abproxy/report"
 )
@@ -49,7 +50,7 @@ func TestDirectBenchScrapesBackend(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	d := openDB(t, db)
+	d := testutil.OpenDB(t, db)
 	runs, err := recorder.ListRuns(d)
 	if err != nil || len(runs) != 2 {
 		t.Fatalf("%d runs (%v), want 2", len(runs), err)

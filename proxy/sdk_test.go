@@ -18,6 +18,7 @@ import (
 	"github.com/openai/openai-go/v3/option"
 
 	"github.com/abproxy/abproxy/config"
+	"github.com/abproxy/abproxy/internal/testutil"
 )
 
 // TestOpenAISDK drives the proxy with the official OpenAI Go SDK, the way
@@ -134,7 +135,7 @@ func TestAccuracyUnderLoad(t *testing.T) {
 // accuracyRound runs 256 concurrent streams and returns the largest
 // |proxy - truth| in ms over first-token and end times.
 func accuracyRound(t *testing.T) float64 {
-	var truth syncBuffer
+	var truth testutil.SyncBuffer
 	simURL := startSim(t, 1, &truth)
 	px, _, sink := startProxy(t, nil, config.Backend{Name: "sim", URL: simURL})
 	const streams = 256
@@ -215,22 +216,4 @@ func accuracyRound(t *testing.T) float64 {
 		worst = math.Max(worst, math.Max(math.Abs(d[0]), math.Abs(d[len(d)-1])))
 	}
 	return worst
-}
-
-// syncBuffer is a bytes.Buffer safe for the sim's writer and the test's reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) Bytes() []byte {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]byte(nil), s.b.Bytes()...)
 }

@@ -2,11 +2,11 @@ package report
 
 import (
 	"context"
-	"database/sql"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/abproxy/abproxy/internal/testutil"
 	"github.com/abproxy/abproxy/recorder"
 )
 
@@ -188,16 +188,6 @@ func writeDB(t testing.TB, runs []recorder.Run, reqs []req) string {
 	return path
 }
 
-func openRO(t testing.TB, path string) *sql.DB {
-	t.Helper()
-	db, err := recorder.OpenReadOnly(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	return db
-}
-
 // fixtureReport builds the report of the fixture database.
 func fixtureReport(t testing.TB, opts Options) (*Report, string) {
 	t.Helper()
@@ -208,7 +198,7 @@ func fixtureReport(t testing.TB, opts Options) (*Report, string) {
 	if opts.Now.IsZero() {
 		opts.Now = time.Unix(0, t0).Add(24 * time.Hour)
 	}
-	rep, err := Build(context.Background(), openRO(t, path), opts)
+	rep, err := Build(context.Background(), testutil.OpenDB(t, path), opts)
 	if err != nil {
 		t.Fatal(err)
 	}

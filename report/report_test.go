@@ -18,6 +18,7 @@ import (
 
 	_ "github.com/mattn/go-sqlite3"
 
+	"github.com/abproxy/abproxy/internal/testutil"
 	"github.com/abproxy/abproxy/recorder"
 )
 
@@ -326,17 +327,17 @@ func TestFormats(t *testing.T) {
 func TestNothingToReport(t *testing.T) {
 	ctx := context.Background()
 	empty := writeDB(t, nil, nil)
-	_, err := Build(ctx, openRO(t, empty), Options{Database: "empty.db"})
+	_, err := Build(ctx, testutil.OpenDB(t, empty), Options{Database: "empty.db"})
 	if !errors.Is(err, ErrNoData) || !strings.Contains(err.Error(), "empty.db has no runs yet") {
 		t.Errorf("empty db: %v", err)
 	}
 	runsOnly := writeDB(t, fixtureRuns(), nil)
-	_, err = Build(ctx, openRO(t, runsOnly), Options{Database: "r.db"})
+	_, err = Build(ctx, testutil.OpenDB(t, runsOnly), Options{Database: "r.db"})
 	if !errors.Is(err, ErrNoData) || !strings.Contains(err.Error(), "no recorded requests yet") {
 		t.Errorf("runs without requests: %v", err)
 	}
 	full := writeDB(t, fixtureRuns(), fixtureRequests())
-	db := openRO(t, full)
+	db := testutil.OpenDB(t, full)
 	_, err = Build(ctx, db, Options{Database: "f.db", Runs: []string{"nosuch"}})
 	if !errors.Is(err, ErrNoData) || !strings.Contains(err.Error(), "no run in f.db matches --run nosuch; its runs are fix/c2/baseline") {
 		t.Errorf("--run nosuch: %v", err)
@@ -354,7 +355,7 @@ func TestNothingToReport(t *testing.T) {
 		t.Errorf("--baseline turbo: %v", err)
 	}
 	models := writeDB(t, fixtureRuns()[:1], []req{{run: "fix/c2/baseline", backend: "baseline", ttft: -1, e2e: 1, completion: -1, prompt: -1, endpoint: "/v1/models"}})
-	_, err = Build(ctx, openRO(t, models), Options{})
+	_, err = Build(ctx, testutil.OpenDB(t, models), Options{})
 	if !errors.Is(err, ErrNoData) || !strings.Contains(err.Error(), "none of the 1 selected requests is a completion (/v1/models: 1)") {
 		t.Errorf("only /v1/models: %v", err)
 	}
@@ -385,7 +386,7 @@ func TestOnlyFailures(t *testing.T) {
 			req{run: "fix/c2/optimized", backend: "optimized", start: float64(i), ttft: -1, e2e: 10, completion: -1, prompt: -1, status: 0, err: "upstream_unreachable"})
 	}
 	path := writeDB(t, runs, reqs)
-	r, err := Build(context.Background(), openRO(t, path), Options{SLO: SLO{TTFTms: 100}})
+	r, err := Build(context.Background(), testutil.OpenDB(t, path), Options{SLO: SLO{TTFTms: 100}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -575,7 +576,7 @@ func TestBootstrapReproducible(t *testing.T) {
 func TestLeanScanMatchesScanRequests(t *testing.T) {
 	opts := Options{Database: "fixture.db", Now: time.Unix(0, t0), SLO: SLO{TTFTms: 250}}
 	a, path := fixtureReport(t, opts)
-	db := openRO(t, path)
+	db := testutil.OpenDB(t, path)
 	runs, err := recorder.ListRuns(db)
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/abproxy/abproxy/internal/testutil"
 	"github.com/abproxy/abproxy/recorder"
 )
 
@@ -90,7 +91,7 @@ func TestServerStatsByHand(t *testing.T) {
 		rows = append(rows, s.rows("baseline")...)
 	}
 	writeMetrics(t, path, rows)
-	rep, err := Build(context.Background(), openRO(t, path), Options{Database: "fixture.db", Now: time.Unix(0, t0).Add(24 * time.Hour)})
+	rep, err := Build(context.Background(), testutil.OpenDB(t, path), Options{Database: "fixture.db", Now: time.Unix(0, t0).Add(24 * time.Hour)})
 	if err != nil {
 		t.Fatal(err)
 	}

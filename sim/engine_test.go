@@ -13,6 +13,8 @@ import (
 
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/abproxy/abproxy/internal/testutil"
 )
 
 func TestPlanPrefill(t *testing.T) {
@@ -145,7 +147,7 @@ func TestQueueingWhenKVFull(t *testing.T) {
 // TestDisconnectFreesSlot: with one batch slot, a client that goes away
 // mid-stream must not keep the next request waiting for its full length.
 func TestDisconnectFreesSlot(t *testing.T) {
-	truth := &lockedBuffer{}
+	truth := &testutil.SyncBuffer{}
 	opts := testOptions()
 	opts.Profile.MaxNumSeqs = 1
 	opts.Speedup = 1 // 1 ms steps: the abandoned request alone would take 4 s
@@ -350,7 +352,7 @@ func parseTruth(t *testing.T, s string) []TruthRecord {
 }
 
 func TestTruthFile(t *testing.T) {
-	truth := &lockedBuffer{}
+	truth := &testutil.SyncBuffer{}
 	opts := testOptions()
 	opts.Truth = truth
 	opts.Speedup = 2 // 0.5 ms steps: first content and end are well apart
@@ -415,7 +417,7 @@ func TestTruthFile(t *testing.T) {
 }
 
 func TestCloseEndsStreams(t *testing.T) {
-	truth := &lockedBuffer{}
+	truth := &testutil.SyncBuffer{}
 	opts := testOptions()
 	opts.Speedup = 1
 	opts.Truth = truth
