@@ -4,6 +4,7 @@ import (
 	"database/sql"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -150,7 +151,7 @@ func BenchmarkMirrorStalledShadow(b *testing.B) {
 	}
 	ratio := func(x [][][]float64, k int) (r, lo, hi float64) {
 		r = p(all(x[k]), .99) / p(all(x[0]), .99)
-		lo, hi = roundBootstrapRatio(x[0], x[k])
+		lo, hi = roundBootstrap(x[0], x[k], func(a, b []float64) float64 { return p(b, .99) / p(a, .99) })
 		return r, lo, hi
 	}
 	metric := map[int]string{1: "aa", 2: "mirrored", 3: "unbounded"}
@@ -179,25 +180,28 @@ func BenchmarkMirrorStalledShadow(b *testing.B) {
 	}
 }
 
-// roundBootstrapRatio is the 95 % interval of p99(on)/p99(off) from 1,000
-// resamples of whole rounds with replacement; round i of each arm is drawn
-// together, since they ran under the same conditions.
-func roundBootstrapRatio(off, on [][]float64) (lo, hi float64) {
+// roundBootstrap is the 95 % interval of stat(a, b) from 1,000 resamples
+// of whole rounds with replacement. a[k] and b[k] ran in the same round,
+// under the same conditions, and are drawn together.
+func roundBootstrap(a, b [][]float64, stat func(a, b []float64) float64) (lo, hi float64) {
 	r := rand.New(rand.NewPCG(1, 2))
-	var bOff, bOn []float64
-	p99 := func(v []float64) float64 { slices.Sort(v); return v[len(v)*99/100] }
-	ratios := make([]float64, 1000)
-	for i := range ratios {
-		bOff, bOn = bOff[:0], bOn[:0]
-		for range off {
-			k := r.IntN(len(off))
-			bOff = append(bOff, off[k]...)
-			bOn = append(bOn, on[k]...)
-		}
-		ratios[i] = p99(bOn) / p99(bOff)
+	n := min(len(a), len(b))
+	if n == 0 {
+		return math.NaN(), math.NaN()
 	}
-	slices.Sort(ratios)
-	return ratios[len(ratios)*25/1000], ratios[len(ratios)*975/1000]
+	var ra, rb []float64
+	vals := make([]float64, 1000)
+	for i := range vals {
+		ra, rb = ra[:0], rb[:0]
+		for range n {
+			k := r.IntN(n)
+			ra = append(ra, a[k]...)
+			rb = append(rb, b[k]...)
+		}
+		vals[i] = stat(ra, rb)
+	}
+	slices.Sort(vals)
+	return vals[len(vals)*25/1000], vals[len(vals)*975/1000]
 }
 
 // armRecords is what an arm's abproxy database says: for primaries, ms

@@ -156,11 +156,13 @@ func BenchmarkOverhead(b *testing.B) {
 		}
 		b.ReportMetric(float64(written), "abproxy_records_written")
 		b.ReportMetric(float64(dropped), "abproxy_records_dropped")
-		b.Logf("abproxy %s; requests answered by abproxy: %d; redials direct/nginx/abproxy: %d/%d/%d", recLine, answered,
-			targets[0].redials.Load(), targets[1].redials.Load(), targets[2].redials.Load())
+		var dbMiB float64
 		if fi, err := os.Stat(abp.db); err == nil {
-			b.Logf("abproxy.db: %.1f MiB", float64(fi.Size())/(1<<20))
+			dbMiB = float64(fi.Size()) / (1 << 20)
 		}
+		// one line: testing shows only 9 lines of a benchmark's log
+		b.Logf("abproxy %s; requests answered by abproxy: %d; redials direct/nginx/abproxy: %d/%d/%d; abproxy.db %.1f MiB", recLine, answered,
+			targets[0].redials.Load(), targets[1].redials.Load(), targets[2].redials.Load(), dbMiB)
 		if written != answered || dropped != 0 || failed != 0 {
 			b.Errorf("abproxy did not record every request: %q, answered %d", recLine, answered)
 		}
@@ -404,19 +406,22 @@ type ovhStats struct {
 	hopTTFT, hopE2E []float64 // time spent outside the sim, ms (see report)
 	simTTFT, simE2E []float64 // the sim's own received -> first content / last byte written, ms
 	hopUp, hopDown  []float64 // client send -> sim received; sim first content written -> client received, ms
-	chunks          int64
-	requests        int
-	errors          int
-	firstErr        error
-	wall            time.Duration
-	streamTime      time.Duration // Σ E2E, for the mean number of streams in flight
-	procTicks       int64         // proxy CPU, clock ticks
-	selfTicks       int64         // benchmark process (client + sim) CPU
-	sysBusy         int64         // all CPUs, busy jiffies
-	sysTotal        int64
-	peakRSS         int64
-	missingTruth    int
-	pending         []ovhResult // awaiting the sim's truth lines
+	// hop times again by round, for intervals that resample whole rounds
+	hopTTFTRounds, hopE2ERounds [][]float64
+	rounds                      int
+	chunks                      int64
+	requests                    int
+	errors                      int
+	firstErr                    error
+	wall                        time.Duration
+	streamTime                  time.Duration // Σ E2E, for the mean number of streams in flight
+	procTicks                   int64         // proxy CPU, clock ticks
+	selfTicks                   int64         // benchmark process (client + sim) CPU
+	sysBusy                     int64         // all CPUs, busy jiffies
+	sysTotal                    int64
+	peakRSS                     int64
+	missingTruth                int
+	pending                     []ovhResult // awaiting the sim's truth lines
 }
 
 type ovhLevelResult struct {
@@ -483,6 +488,8 @@ func ovhRound(b *testing.B, t *ovhTarget, st *ovhStats, tokens [][]int, stagger 
 	if err := t.warm(); err != nil {
 		b.Fatalf("%s: warm-up: %v", t.name, err)
 	}
+	round := st.rounds
+	st.rounds++
 	n := len(tokens)
 	results := make([][]ovhResult, n)
 	errs := make([]error, n)
@@ -549,6 +556,7 @@ func ovhRound(b *testing.B, t *ovhTarget, st *ovhStats, tokens [][]int, stagger 
 			st.ttft = append(st.ttft, float64(r.firstNS-r.sendNS)/1e6)
 			st.e2e = append(st.e2e, float64(r.endNS-r.sendNS)/1e6)
 			st.streamTime += time.Duration(r.endNS - r.sendNS)
+			r.round = round
 			st.pending = append(st.pending, r)
 		}
 	}
@@ -574,6 +582,11 @@ func (st *ovhStats) fillHops(truth *ovhTruth) {
 		st.hopUp = append(st.hopUp, float64(up)/1e6)
 		st.hopDown = append(st.hopDown, float64(r.firstNS-tr.FirstContentNS)/1e6)
 		st.simE2E = append(st.simE2E, float64(tr.EndNS-tr.ReceivedNS)/1e6)
+		for len(st.hopTTFTRounds) <= r.round {
+			st.hopTTFTRounds, st.hopE2ERounds = append(st.hopTTFTRounds, nil), append(st.hopE2ERounds, nil)
+		}
+		st.hopTTFTRounds[r.round] = append(st.hopTTFTRounds[r.round], st.hopTTFT[len(st.hopTTFT)-1])
+		st.hopE2ERounds[r.round] = append(st.hopE2ERounds[r.round], st.hopE2E[len(st.hopE2E)-1])
 	}
 	st.pending = nil
 }
@@ -637,7 +650,7 @@ func (r *ovhLevelResult) report(b *testing.B) {
 func (r *ovhLevelResult) table() string {
 	var sb strings.Builder
 	d := r.stats["direct"]
-	// testing keeps at most 10 lines of a benchmark's log: 7 here, 2 for
+	// testing keeps at most 9 lines of a benchmark's log: 8 here, 1 for
 	// the recorder check after the last level
 	fmt.Fprintf(&sb, "streams=%d: %d rounds x %d requests/stream per target, sim step %.2f ms, sim admission wait mean %.2f ms; loadavg before %s, after %s; machine %s\n",
 		r.lv.streams, r.lv.rounds, r.lv.perWorker, float64(r.step)/1e6, r.queueMS, r.load[0], r.load[1], r.machine)
@@ -657,6 +670,7 @@ func (r *ovhLevelResult) table() string {
 		ovhPct(r.stats["abproxy"].hopE2E, 50), ovhPct(r.stats["abproxy"].hopE2E, 99),
 		ovhPct(d.hopUp, 50), ovhPct(d.hopDown, 50), ovhPct(r.stats["nginx"].hopUp, 50), ovhPct(r.stats["nginx"].hopDown, 50),
 		ovhPct(r.stats["abproxy"].hopUp, 50), ovhPct(r.stats["abproxy"].hopDown, 50))
+	sb.WriteString(r.versus() + "\n")
 	fmt.Fprintf(&sb, "sim-internal TTFT p50 %.3f / %.3f / %.3f ms, E2E p50 %.1f / %.1f / %.1f ms; client+sim process CPU per 1k chunks: direct %.1f, nginx %.1f, abproxy %.1f ms; mean streams in flight: direct %.0f, nginx %.0f, abproxy %.0f; truth misses %d/%d/%d\n",
 		ovhPct(d.simTTFT, 50), ovhPct(r.stats["nginx"].simTTFT, 50), ovhPct(r.stats["abproxy"].simTTFT, 50),
 		ovhPct(d.simE2E, 50), ovhPct(r.stats["nginx"].simE2E, 50), ovhPct(r.stats["abproxy"].simE2E, 50),
@@ -665,6 +679,25 @@ func (r *ovhLevelResult) table() string {
 		d.inFlight(), r.stats["nginx"].inFlight(), r.stats["abproxy"].inFlight(),
 		d.missingTruth, r.stats["nginx"].missingTruth, r.stats["abproxy"].missingTruth)
 	return sb.String()
+}
+
+// versus is abproxy's hop percentiles minus nginx's, each with the 95 %
+// interval from resampling whole rounds (both targets' samples of a round
+// together): requests within a round share its conditions, so resampling
+// single requests would give intervals far too narrow. With the default
+// 3–4 rounds the interval is coarse; ABPROXY_OVERHEAD_ROUNDS sharpens it.
+func (r *ovhLevelResult) versus() string {
+	n, a := r.stats["nginx"], r.stats["abproxy"]
+	diff := func(rounds func(*ovhStats) [][]float64, p float64) string {
+		f := func(x, y []float64) float64 { return ovhPct(y, p) - ovhPct(x, p) }
+		nx, ax := rounds(n), rounds(a)
+		lo, hi := roundBootstrap(nx, ax, f)
+		return fmt.Sprintf("%+.3f [%+.3f, %+.3f]", f(slices.Concat(nx...), slices.Concat(ax...)), lo, hi)
+	}
+	ttft := func(s *ovhStats) [][]float64 { return s.hopTTFTRounds }
+	e2e := func(s *ovhStats) [][]float64 { return s.hopE2ERounds }
+	return fmt.Sprintf("abproxy minus nginx, hop ms (95%% interval from resampling the %d rounds): TTFT p50 %s, p99 %s; E2E p50 %s, p99 %s",
+		len(n.hopTTFTRounds), diff(ttft, 50), diff(ttft, 99), diff(e2e, 50), diff(e2e, 99))
 }
 
 func (st *ovhStats) inFlight() float64 { return st.streamTime.Seconds() / st.wall.Seconds() }
@@ -708,6 +741,7 @@ func (r *ovhLevelResult) markdown() string {
 			st.chunksPerSec(), cpu, kib, st.otherPct())
 	}
 	d := r.stats["direct"]
+	fmt.Fprintf(&sb, "\n%s\n", r.versus())
 	fmt.Fprintf(&sb, "\nsim-internal TTFT p50 (direct / nginx / abproxy): %.3f / %.3f / %.3f ms; client+sim process CPU ms per 1k chunks: %.1f / %.1f / %.1f; mean streams in flight: %.0f / %.0f / %.0f\n",
 		ovhPct(d.simTTFT, 50), ovhPct(r.stats["nginx"].simTTFT, 50), ovhPct(r.stats["abproxy"].simTTFT, 50),
 		cpuPer1k(d.selfTicks, d.chunks), cpuPer1k(r.stats["nginx"].selfTicks, r.stats["nginx"].chunks),

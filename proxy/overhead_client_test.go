@@ -45,6 +45,7 @@ type ovhResult struct {
 	chunks   int    // content-bearing events received
 	answered bool   // a status line came back: the server saw the request
 	id       string // X-Request-Id of the response (the sim's truth key)
+	round    int    // the level's round it ran in (set by ovhRound)
 }
 
 func ovhDial(addr string) (*ovhConn, error) {
