@@ -236,7 +236,12 @@ func (u *upstream) writeRequest(c *upConn, req *fasthttp.Request, path []byte, b
 	}
 	w = append(w, "\r\n"...)
 	w = append(w, body...)
-	_, err := c.c.Write(w)
+	var err error
+	if c.rx != nil {
+		_, err = c.rx.Write(w) // raw write(2): see wire.RxReader.Write
+	} else {
+		_, err = c.c.Write(w)
+	}
 	if cap(w) <= 64<<10 { // a huge prompt's buffer is not worth keeping
 		*bp = w[:0]
 		reqBufs.Put(bp)

@@ -28,5 +28,8 @@ func (r *RxReader) Session(func(fd uintptr) bool) error { panic("unreachable") }
 // ReadFD is never called: NewRxReader returns nil.
 func (r *RxReader) ReadFD(uintptr, []byte) (int, int64, error) { panic("unreachable") }
 
+// Write is never called: NewRxReader returns nil.
+func (r *RxReader) Write([]byte) (int, error) { panic("unreachable") }
+
 // TimestampNS returns 0 outside Linux.
 func TimestampNS([]byte) int64 { return 0 }

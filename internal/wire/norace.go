@@ -1,0 +1,6 @@
+//go:build !race
+
+package wire
+
+// rawSyscalls: see race.go.
+const rawSyscalls = true
