@@ -144,11 +144,7 @@ func BenchmarkMirrorStalledShadow(b *testing.B) {
 	}
 
 	all := func(rs [][]float64) []float64 { return slices.Concat(rs...) }
-	p := func(v []float64, q float64) float64 {
-		v = slices.Clone(v)
-		slices.Sort(v)
-		return v[min(len(v)-1, int(float64(len(v))*q))]
-	}
+	p := func(v []float64, q float64) float64 { return ovhPct(v, 100*q) }
 	ratio := func(x [][][]float64, k int) (r, lo, hi float64) {
 		r = p(all(x[k]), .99) / p(all(x[0]), .99)
 		lo, hi = roundBootstrap(x[0], x[k], func(a, b []float64) float64 { return p(b, .99) / p(a, .99) })

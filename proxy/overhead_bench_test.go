@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/abproxy/abproxy/internal/stats"
 	"github.com/abproxy/abproxy/sim"
 )
 
@@ -591,17 +592,14 @@ func (st *ovhStats) fillHops(truth *ovhTruth) {
 	st.pending = nil
 }
 
-// ovhPct is the p-th percentile with linear interpolation (numpy default).
+// ovhPct is the p-th percentile (0–100) of unsorted xs, by the project's one definition.
 func ovhPct(xs []float64, p float64) float64 {
 	if len(xs) == 0 {
 		return math.NaN()
 	}
 	s := slices.Clone(xs)
 	slices.Sort(s)
-	pos := p / 100 * float64(len(s)-1)
-	lo := int(math.Floor(pos))
-	hi := min(lo+1, len(s)-1)
-	return s[lo] + (s[hi]-s[lo])*(pos-float64(lo))
+	return stats.Percentile(s, p)
 }
 
 func (st *ovhStats) chunksPerSec() float64 { return float64(st.chunks) / st.wall.Seconds() }

@@ -118,6 +118,15 @@ func (c *upConn) Read(p []byte) (int, error) {
 	return c.c.Read(p)
 }
 
+// Write writes to the backend: with raw write(2) calls when the socket
+// has kernel timestamps (see wire.RxReader.Write), like Read.
+func (c *upConn) Write(p []byte) (int, error) {
+	if c.rx != nil {
+		return c.rx.Write(p)
+	}
+	return c.c.Write(p)
+}
+
 // session runs step under one raw read of the connection (see
 // wire.RxReader.Session) until it returns true. When step returns false
 // the socket was left empty, and the session waits for it to become
@@ -236,12 +245,7 @@ func (u *upstream) writeRequest(c *upConn, req *fasthttp.Request, path []byte, b
 	}
 	w = append(w, "\r\n"...)
 	w = append(w, body...)
-	var err error
-	if c.rx != nil {
-		_, err = c.rx.Write(w) // raw write(2): see wire.RxReader.Write
-	} else {
-		_, err = c.c.Write(w)
-	}
+	_, err := c.Write(w)
 	if cap(w) <= 64<<10 { // a huge prompt's buffer is not worth keeping
 		*bp = w[:0]
 		reqBufs.Put(bp)

@@ -50,22 +50,15 @@ func (r *RxReader) Read(p []byte) (n int, rxNS int64, err error) {
 	if len(p) == 0 {
 		return 0, 0, nil
 	}
-	var oobn int
 	var rerr error
 	err = r.raw.Read(func(fd uintptr) bool {
-		n, oobn, rerr = recvmsg(fd, p, r.oob)
-		return rerr != unix.EAGAIN
+		n, rxNS, rerr = r.ReadFD(fd, p)
+		return rerr != ErrWouldBlock
 	})
-	if err != nil {
-		return 0, 0, err
+	if err == nil {
+		err = rerr
 	}
-	if rerr != nil {
-		return 0, 0, rerr
-	}
-	if n == 0 {
-		return 0, 0, io.EOF
-	}
-	return n, TimestampNS(r.oob[:oobn]), nil
+	return n, rxNS, err
 }
 
 // Session runs f under one raw read of the socket: f gets the descriptor
