@@ -95,7 +95,7 @@ func TestSIGTERMDrainLosesNothing(t *testing.T) {
 	db := filepath.Join(t.TempDir(), "drain.db")
 	start(t, "sim", "--listen", simAddr, "--profile", "optimized", "--speedup", "20")
 	waitHealthy(t, "http://"+simAddr)
-	srv, _ := start(t, "serve", "--backend", "sim=http://"+simAddr, "--listen", proxyAddr, "--db", db)
+	srv, srvOut := start(t, "serve", "--backend", "sim=http://"+simAddr, "--listen", proxyAddr, "--db", db)
 	waitHealthy(t, "http://"+proxyAddr)
 
 	var mu sync.Mutex
@@ -174,7 +174,16 @@ func TestSIGTERMDrainLosesNothing(t *testing.T) {
 	if len(seen) != len(ids) {
 		t.Errorf("%d rows for %d answered requests", len(seen), len(ids))
 	}
+	// the last log line counts what the recorder wrote, the drain included
+	if want := fmt.Sprintf(`"recorded": %d,`, len(seen)); !strings.Contains(srvOut.String(), want) {
+		t.Errorf("serve's log does not say %s for %d rows:\n%s", want, len(seen), lastLines(srvOut.String(), 3))
+	}
 	t.Logf("%d requests answered, %d rows", len(ids), len(seen))
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 func TestCLIErrors(t *testing.T) {

@@ -215,10 +215,10 @@ wait:
 	if eerr := rec.EndRun(runName, time.Now().UnixNano()); eerr != nil {
 		log.Warn("end run", zap.Error(eerr))
 	}
-	st := rec.Stats()
 	if cerr := rec.Close(); cerr != nil {
 		return fmt.Errorf("close recorder: %w", cerr)
 	}
+	st := rec.Stats() // after Close: it writes what was still queued
 	log.Info("stopped", zap.Int64("recorded", st.Written), zap.Int64("dropped", st.Dropped))
 	return err
 }
