@@ -97,6 +97,10 @@ type Proxy struct {
 	IdleTimeout Duration `toml:"idle_timeout"`
 	// DrainTimeout is how long in-flight streams may run after SIGINT/SIGTERM.
 	DrainTimeout Duration `toml:"drain_timeout"`
+	// EventLoops is how many goroutines relay streams once their headers
+	// are through: 0 is one per CPU (GOMAXPROCS), -1 keeps a goroutine per
+	// stream.
+	EventLoops int `toml:"event_loops"`
 	// MaxConnsPerBackend caps open connections to one backend.
 	MaxConnsPerBackend int `toml:"max_conns_per_backend"`
 }
@@ -254,6 +258,9 @@ func (c *Config) Validate() error {
 		if d.v.Duration < 0 {
 			return fmt.Errorf("%s must not be negative", d.name)
 		}
+	}
+	if c.Proxy.EventLoops < -1 || c.Proxy.EventLoops > 256 {
+		return fmt.Errorf("proxy.event_loops is %d; use 0 (one per CPU), -1 (a goroutine per stream) or up to 256 loops", c.Proxy.EventLoops)
 	}
 	if c.Recorder.QueueSize < 0 {
 		return fmt.Errorf("recorder.queue_size must be positive")

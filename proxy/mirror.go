@@ -164,7 +164,7 @@ func (p *Proxy) runShadow(pr *pair, rec *recorder.Request, up *upstream, req *fa
 	x.conn = c
 	x.dec.init(c.br, &h, false)
 	if bytes.HasPrefix(h.ContentType(), ctEventStream) {
-		_, _ = x.pump(io.Discard)
+		_, _ = x.pump(io.Discard, false)
 		return
 	}
 	var buf bytes.Buffer

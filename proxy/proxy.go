@@ -99,6 +99,16 @@ type Proxy struct {
 	inflightN  atomic.Int64
 	shutdownCh chan struct{}
 	closeOnce  sync.Once
+	abortCh    chan struct{} // closed when the drain timeout cuts what is left
+	abortOnce  sync.Once
+
+	loops     []*wire.Loop[exchange]
+	loopsOnce sync.Once
+	loopNext  atomic.Uint32
+	loopWG    sync.WaitGroup
+	// streams that entered a loop, and those handed back to their goroutine
+	// because the client could not keep up (for tests)
+	loopStreams, loopHandbacks atomic.Int64
 
 	rewriters sync.Pool
 	taps      sync.Pool
@@ -123,6 +133,7 @@ func New(opts Options) (*Proxy, error) {
 		byName:     map[string]*upstream{},
 		active:     map[*upConn]struct{}{},
 		shutdownCh: make(chan struct{}),
+		abortCh:    make(chan struct{}),
 	}
 	p.ids.Init()
 	// before any traffic: a table that grows under load stalls the process
@@ -241,8 +252,11 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 			_ = c.c.SetReadDeadline(time.Now()) // wakes a reader blocked now
 		}
 		p.activeMu.Unlock()
+		p.abortOnce.Do(func() { close(p.abortCh) }) // and streams in event loops
 		<-drained
 	}
+	p.loopsOnce.Do(func() {}) // no loops start after this
+	p.closeLoops()
 	for _, u := range p.upstreams {
 		u.closeIdle()
 	}
@@ -464,6 +478,8 @@ type exchange struct {
 	// firstSent is when the write carrying the first content chunk to the
 	// client returned (for the proxy's added-latency metric)
 	firstSent int64
+	client    *wire.RxConn // the client's socket, when the pump may write it directly
+	ls        loopState
 }
 
 // roundTrip sends the request and reads the response header. A pooled
@@ -550,7 +566,8 @@ func (p *Proxy) forward(ctx *fasthttp.RequestCtx, rec *recorder.Request, up *ups
 	resp.SetStatusCode(status)
 	for k, v := range h.All() {
 		switch string(k) {
-		case "Content-Length", "Transfer-Encoding", "Connection", "Keep-Alive":
+		case "Content-Length", "Transfer-Encoding", "Connection", "Keep-Alive", "Trailer":
+			// trailer fields are not forwarded (the pump sends the last chunk)
 			continue
 		case "Content-Type":
 			resp.Header.SetContentTypeBytes(v)
@@ -567,6 +584,7 @@ func (p *Proxy) forward(ctx *fasthttp.RequestCtx, rec *recorder.Request, up *ups
 		// headers go out now, as the backend sent them before the first token
 		resp.ImmediateHeaderFlush = true
 		ctx.SetBodyStream(x, -1)
+		x.client, _ = ctx.Conn().(*wire.RxConn)
 		return
 	}
 	x.whole(ctx)
@@ -733,7 +751,7 @@ func (x *exchange) WriteTo(w io.Writer) (int64, error) {
 	if !x.started.CompareAndSwap(false, true) {
 		return 0, errors.New("response body already consumed")
 	}
-	return x.pump(w)
+	return x.pump(w, x.pr == nil)
 }
 
 // Read exists because fasthttp's body stream is an io.Reader; fasthttp uses
@@ -767,17 +785,27 @@ func (x *exchange) Close() error {
 // pump moves the event stream from the backend to the client. Events are
 // cut out of the upstream read buffer in place, read by the tap, and
 // gathered into one client write per socket read, which goes out before
-// the pump blocks for more; so each event leaves as soon as it has fully
-// arrived, with one copy in between.
-func (x *exchange) pump(w io.Writer) (int64, error) {
+// the pump waits for more; so each event leaves as soon as it has fully
+// arrived, with one copy in between. direct says that w is fasthttp's
+// chunked writer for x.client, whose headers have been flushed: the pump
+// then frames the chunks itself and writes them to the socket.
+func (x *exchange) pump(w io.Writer, direct bool) (int64, error) {
 	rec := x.rec
 	if cap(rec.ChunkNS) == 0 {
 		rec.ChunkNS = make([]int64, 0, 64)
 	}
 	st := pumpState{w: w, t: x.conn.readTime()} // body bytes that came with the header
-	if err := x.conn.session(func() bool { return x.pumpStep(&st) }); err != nil && !st.ended {
-		// the wait for data failed: idle timeout, shutdown, closed
-		x.endStream(&st, err)
+	if direct && x.client != nil {
+		st.raw = x.client
+		if lp := x.p.loop(); lp != nil && x.conn.rx != nil {
+			x.pumpInLoop(lp, &st)
+		}
+	}
+	if !st.ended {
+		if err := x.conn.session(func() bool { return x.pumpStep(&st) }); err != nil && !st.ended {
+			// the wait for data failed: idle timeout, shutdown, closed
+			x.endStream(&st, err)
+		}
 	}
 	// only now: closing a connection waits for its read session to end
 	x.release(st.reuse)
@@ -790,14 +818,34 @@ func (x *exchange) pump(w io.Writer) (int64, error) {
 // pumpState is what the pump carries between steps of a read session.
 type pumpState struct {
 	w       io.Writer
-	buf     *[]byte // out's pooled holder while the stream has output pending
-	out     []byte  // events for the client, written before each wait
-	t       int64   // receive time of the last socket read
-	written int64
-	werr    error // the client's write error
+	raw     *wire.RxConn // the client's socket, when the pump frames chunks itself
+	buf     *[]byte      // out's pooled holder while the stream has output pending
+	out     []byte       // frameHead bytes of room, then events for the client
+	t       int64        // receive time of the last socket read
+	written int64        // payload bytes the client took
+	werr    error        // the client's write error
 	ended   bool
 	reuse   bool // the connection can go back to the pool
+	// In an event loop, writes must not wait: a client whose send buffer
+	// is full gets the stream handed back to its own goroutine, with the
+	// framed bytes the socket did not take in pending.
+	nonblock bool
+	busy     bool
+	pending  []byte
+	// last: the body's last chunk goes out with the final events, so that
+	// the client's response ends without waiting for the stream's goroutine
+	last bool
 }
+
+// lastChunk ends a chunked body without trailer fields.
+var lastChunk = []byte("0\r\n\r\n")
+
+// frameHead is room before the events for their chunk header ("%x\r\n"),
+// so that a chunk goes out in one write without another copy.
+const frameHead = 10
+
+// errClientBusy: the client's send buffer is full and the pump may not wait.
+var errClientBusy = errors.New("client send buffer full")
 
 // giveBack returns the output buffer to the pool between writes: a
 // stream waiting for its next token holds no output buffer.
@@ -812,42 +860,104 @@ func (st *pumpState) giveBack(p *Proxy) {
 	st.buf, st.out = nil, nil
 }
 
+// emit appends client bytes to out, taking a pooled buffer if need be.
+func (st *pumpState) room(p *Proxy) {
+	if st.buf == nil {
+		st.buf = p.bufs.Get().(*[]byte)
+		st.out = append((*st.buf)[:0], make([]byte, frameHead)...)
+	}
+}
+
+// flush writes out's events to the client as one chunk and gives the
+// buffer back. It returns errClientBusy when a non-blocking write left
+// bytes in pending; they count as written.
+func (st *pumpState) flush(p *Proxy) error {
+	n := len(st.out) - frameHead
+	var err error
+	if st.raw == nil {
+		var m int
+		m, err = st.w.Write(st.out[frameHead:])
+		st.written += int64(m)
+	} else {
+		// the chunk header right before the events, CRLF after them
+		i := frameHead - 2
+		st.out[i], st.out[i+1] = '\r', '\n'
+		for v := n; ; v >>= 4 {
+			i--
+			st.out[i] = "0123456789abcdef"[v&15]
+			if v < 16 {
+				break
+			}
+		}
+		if n == 0 {
+			i = frameHead // only the last chunk
+		} else {
+			st.out = append(st.out, '\r', '\n')
+		}
+		if st.last {
+			st.out = append(st.out, lastChunk...)
+		}
+		frame := st.out[i:]
+		var m int
+		if st.nonblock {
+			m, err = st.raw.TryWrite(frame)
+			if err == wire.ErrWouldBlock {
+				st.pending = append(st.pending[:0], frame[m:]...)
+				m, err = len(frame), errClientBusy
+			}
+		} else {
+			m, err = st.raw.Write(frame)
+		}
+		if m == len(frame) {
+			st.written += int64(n)
+			if st.last && err == nil {
+				st.raw.SkipNext(lastChunk) // fasthttp writes it after WriteTo
+			}
+		}
+	}
+	st.giveBack(p)
+	return err
+}
+
 // pumpStep moves what the socket has to the client. It returns false
 // when the socket is empty, to wait in the session, and true at the end
-// of the stream.
+// of the stream (or, in an event loop, when the client cannot take more).
 func (x *exchange) pumpStep(st *pumpState) bool {
 	rec := x.rec
 	for {
 		seg, err := x.dec.next()
 		if len(seg) > 0 {
-			if st.buf == nil {
-				st.buf = x.p.bufs.Get().(*[]byte)
-				st.out = (*st.buf)[:0]
-			}
+			st.room(x.p)
 			st.out = x.consume(seg, st.t, st.out)
 		}
 		if err == nil {
 			continue
 		}
-		if err == io.EOF {
+		if err == io.EOF && len(x.events.pending()) > 0 {
 			// a last event without its blank line: pass it on as sent
+			st.room(x.p)
 			st.out = append(st.out, x.events.pending()...)
+			x.events.off = len(x.events.buf)
 		}
-		if len(st.out) > 0 { // an empty write would end the chunked body
-			m, e := st.w.Write(st.out)
-			st.written += int64(m)
-			st.giveBack(x.p)
+		if err == io.EOF && st.raw != nil {
+			st.room(x.p)
+			st.last = true
+		}
+		if len(st.out) > frameHead || st.last { // an empty write would end the chunked body
+			e := st.flush(x.p)
 			if x.firstSent == 0 && rec.FirstTokenNS != 0 {
 				x.firstSent = now()
 			}
-			if e != nil {
-				st.werr, st.ended = e, true
-				rec.Error = ErrClientCancelled
-				rec.ErrorDetail = "the client closed the connection before the stream ended"
-				rec.EndNS = st.t
-				st.reuse = false // closing the connection makes vLLM abort the request
+			if e == errClientBusy {
+				st.busy = true
 				return true
 			}
+			if e != nil {
+				x.clientGone(st, e)
+				return true
+			}
+		} else if st.buf != nil {
+			st.giveBack(x.p)
 		}
 		if err == errNeedMore {
 			if x.conn.drained {
@@ -867,6 +977,16 @@ func (x *exchange) pumpStep(st *pumpState) bool {
 	}
 }
 
+// clientGone ends the stream at a failed client write.
+func (x *exchange) clientGone(st *pumpState, err error) {
+	rec := x.rec
+	st.werr, st.ended = err, true
+	rec.Error = ErrClientCancelled
+	rec.ErrorDetail = "the client closed the connection before the stream ended"
+	rec.EndNS = st.t
+	st.reuse = false // closing the connection makes vLLM abort the request
+}
+
 // endStream finishes the stream at io.EOF or a read error.
 func (x *exchange) endStream(st *pumpState, err error) {
 	rec := x.rec
@@ -878,8 +998,11 @@ func (x *exchange) endStream(st *pumpState, err error) {
 	}
 	rec.EndNS = now() // the time of the failure, not of the last data
 	x.readError(err)
-	m, _ := st.w.Write(errorEvent(rec.Error, rec.Error, rec.ErrorDetail))
-	st.written += int64(m)
+	st.room(x.p)
+	st.out = append(st.out, errorEvent(rec.Error, rec.Error, rec.ErrorDetail)...)
+	if st.flush(x.p) == errClientBusy {
+		st.busy = true
+	}
 }
 
 // consume splits payload bytes into events, lets the tap read each one

@@ -51,6 +51,16 @@ func (m *memSink) wait(t testing.TB) *recorder.Request {
 // startProxy serves a proxy over the given backends on a loopback port.
 func startProxy(t testing.TB, mod func(*config.Config), backends ...config.Backend) (string, *Proxy, *memSink) {
 	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return startProxyOn(t, ln, mod, backends...)
+}
+
+// startProxyOn is startProxy on a given listener.
+func startProxyOn(t testing.TB, ln net.Listener, mod func(*config.Config), backends ...config.Backend) (string, *Proxy, *memSink) {
+	t.Helper()
 	cfg := config.Default()
 	cfg.Backends = backends
 	if mod != nil {
@@ -61,10 +71,6 @@ func startProxy(t testing.TB, mod func(*config.Config), backends ...config.Backe
 	}
 	sink := newMemSink()
 	p, err := New(Options{Config: cfg, Sink: sink, Run: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,9 +116,27 @@ func post(t testing.TB, url, body string, hdr map[string]string) (*http.Response
 	return resp, b
 }
 
+// TestByteForByte runs with the streams relayed by event loops (the
+// default) and by a goroutine each; the client keeps its connection alive
+// across the cases, so a body framed wrongly breaks the next response.
 func TestByteForByte(t *testing.T) {
 	simURL := startSim(t, 200, nil)
-	px, _, sink := startProxy(t, nil, config.Backend{Name: "sim", URL: simURL, Model: "Qwen/Qwen2.5-14B-Instruct"})
+	for _, mode := range []struct {
+		name  string
+		loops int
+	}{{"loops", 0}, {"goroutines", -1}} {
+		t.Run(mode.name, func(t *testing.T) {
+			px, p, sink := startProxy(t, func(c *config.Config) { c.Proxy.EventLoops = mode.loops },
+				config.Backend{Name: "sim", URL: simURL, Model: "Qwen/Qwen2.5-14B-Instruct"})
+			testByteForByte(t, simURL, px, sink)
+			if n := p.loopStreams.Load(); (n > 0) != (mode.loops == 0) {
+				t.Fatalf("%d streams went through event loops with event_loops = %d", n, mode.loops)
+			}
+		})
+	}
+}
+
+func testByteForByte(t *testing.T, simURL, px string, sink *memSink) {
 	const model = `"model":"Qwen/Qwen2.5-14B-Instruct"`
 	cases := []struct{ name, path, body string }{
 		{"chat-stream", "/v1/chat/completions", `{` + model + `,"messages":[{"role":"user","content":"Shall I compare thee"}],"max_tokens":12,"stream":true,"ignore_eos":true}`},

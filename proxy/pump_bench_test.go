@@ -81,7 +81,7 @@ func BenchmarkPumpEvents(b *testing.B) {
 		x := &exchange{p: p, up: p.upstreams[0], rec: rec, conn: conn, tap: p.taps.Get().(*tap), keepUse: true}
 		x.tap.reset(false)
 		x.dec = bodyDecoder{br: conn.br, mode: bodyChunked, state: chunkSize}
-		if _, err := x.pump(io.Discard); err != nil || rec.Error != "" {
+		if _, err := x.pump(io.Discard, false); err != nil || rec.Error != "" {
 			b.Fatal(err, rec.Error, rec.ErrorDetail)
 		}
 		if len(rec.ChunkNS) != perStream+1 {

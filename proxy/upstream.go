@@ -80,6 +80,7 @@ type upConn struct {
 	deadline wire.ReadDeadline
 	rx       *wire.RxReader // kernel receive timestamps; nil for TLS or non-Linux
 	rxNS     int64          // receive time of the data of the last socket read
+	fd       uintptr        // the socket, when rx is set (for event loops)
 	// Inside a read session (see pump), Read uses the session's descriptor
 	// and reports an empty socket as wire.ErrWouldBlock instead of waiting;
 	// drained notes that the last read left the socket empty.
@@ -179,7 +180,9 @@ func (u *upstream) dial() (*upConn, error) {
 	}
 	c := &upConn{c: nc, deadline: wire.ReadDeadline{Idle: u.idleTO}}
 	if !u.useTLS {
-		c.rx = wire.NewRxReader(nc)
+		if c.rx = wire.NewRxReader(nc); c.rx != nil {
+			c.fd = c.rx.FD()
+		}
 	}
 	// 4 KiB like nginx's proxy_buffer_size: it holds the response header
 	// and, in a stream, one read's worth of events, which the pump consumes

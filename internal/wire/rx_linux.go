@@ -61,6 +61,14 @@ func (r *RxReader) Read(p []byte) (n int, rxNS int64, err error) {
 	return n, rxNS, err
 }
 
+// FD is the socket's descriptor, for a Loop. It stays valid until the
+// connection is closed.
+func (r *RxReader) FD() uintptr {
+	var s uintptr
+	_ = r.raw.Control(func(fd uintptr) { s = fd })
+	return s
+}
+
 // Session runs f under one raw read of the socket: f gets the descriptor
 // and reads it with ReadFD; returning false waits until the socket is
 // readable (or its deadline passes) and calls f again. Within a session
@@ -137,17 +145,17 @@ func (r *RxReader) Write(p []byte) (int, error) {
 	var werr error
 	err := r.raw.Write(func(fd uintptr) bool {
 		for written < len(p) {
-			n, _, e := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[written])), uintptr(len(p)-written))
+			n, e := writeFD(fd, p[written:])
 			switch {
 			case e == unix.EINTR:
 				continue
 			case e == unix.EAGAIN:
 				return false // wait until writable
-			case e != 0:
+			case e != nil:
 				werr = e
 				return true
 			}
-			written += int(n)
+			written += n
 		}
 		return true
 	})
@@ -158,6 +166,18 @@ func (r *RxReader) Write(p []byte) (int, error) {
 		return written, &net.OpError{Op: "write", Net: "tcp", Err: err}
 	}
 	return written, nil
+}
+
+// writeFD is one write(2) of p, which must not be empty.
+func writeFD(fd uintptr, p []byte) (int, error) {
+	if !rawSyscalls {
+		return unix.Write(int(fd), p)
+	}
+	n, _, e := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
 }
 
 // TimestampNS finds SCM_TIMESTAMPNS in a recvmsg control message buffer
@@ -189,7 +209,14 @@ type RxConn struct {
 	rx *RxReader
 	// Last is the kernel receive time of the last bytes read, Unix ns; 0 unknown.
 	Last int64
+	skip []byte // sent ahead of the writer that owns the connection (SkipNext)
 }
+
+// SkipNext says that b, which the owner of the connection (an HTTP
+// server) will write next, has already been sent by someone who could send
+// it sooner: Write drops it from the front of what comes. A write that
+// does not start with it is passed on whole.
+func (c *RxConn) SkipNext(b []byte) { c.skip = b }
 
 // NewRxConn wraps c; nil when kernel timestamps are unavailable.
 func NewRxConn(c net.Conn) *RxConn {
@@ -205,7 +232,22 @@ func (c *RxConn) Write(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	return c.rx.Write(p)
+	k := 0
+	if len(c.skip) > 0 {
+		for k < len(p) && k < len(c.skip) && p[k] == c.skip[k] {
+			k++
+		}
+		if k == len(p) || k == len(c.skip) {
+			c.skip = c.skip[k:]
+		} else {
+			c.skip, k = nil, 0
+		}
+		if k == len(p) {
+			return k, nil
+		}
+	}
+	n, err := c.rx.Write(p[k:])
+	return k + n, err
 }
 
 func (c *RxConn) Read(p []byte) (int, error) {

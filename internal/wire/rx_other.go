@@ -19,6 +19,9 @@ type RxConn struct {
 	Last int64
 }
 
+// SkipNext is never called: NewRxConn returns nil.
+func (c *RxConn) SkipNext([]byte) { panic("unreachable") }
+
 // NewRxConn returns nil outside Linux.
 func NewRxConn(net.Conn) *RxConn { return nil }
 
@@ -27,6 +30,9 @@ func (r *RxReader) Session(func(fd uintptr) bool) error { panic("unreachable") }
 
 // ReadFD is never called: NewRxReader returns nil.
 func (r *RxReader) ReadFD(uintptr, []byte) (int, int64, error) { panic("unreachable") }
+
+// FD is never called: NewRxReader returns nil.
+func (r *RxReader) FD() uintptr { panic("unreachable") }
 
 // Write is never called: NewRxReader returns nil.
 func (r *RxReader) Write([]byte) (int, error) { panic("unreachable") }

@@ -1,0 +1,135 @@
+package wire
+
+import (
+	"io"
+	"net"
+	"testing"
+	"time"
+)
+
+type loopConn struct {
+	id int
+	rx *RxReader
+}
+
+// The loop calls Ready for the socket that has bytes, keeps calling it for
+// later bytes (edge-triggered: after each read that empties it), stops
+// after Remove, and Run returns nil after Close.
+func TestLoopDeliversUntilRemoved(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan int, 100)
+	lp, err := NewLoop(func(c *loopConn) {
+		buf := make([]byte, 64)
+		for {
+			n, _, err := c.rx.ReadFD(c.rx.FD(), buf)
+			if err != nil || n == 0 {
+				return // ErrWouldBlock: emptied
+			}
+			for range n {
+				got <- c.id
+			}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ran := make(chan error, 1)
+	go func() { ran <- lp.Run() }()
+
+	const n = 3
+	var clients []net.Conn
+	var conns []*loopConn
+	var slots []int32
+	for i := range n {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		lc := &loopConn{id: i, rx: NewRxReader(s)}
+		slot, err := lp.Add(lc.rx.FD(), lc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		clients, conns, slots = append(clients, c), append(conns, lc), append(slots, slot)
+	}
+	expect := func(id int) {
+		t.Helper()
+		select {
+		case g := <-got:
+			if g != id {
+				t.Fatalf("byte for conn %d, want %d", g, id)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no Ready for conn %d", id)
+		}
+	}
+	for round := range 3 { // later bytes need later edges
+		for i, c := range clients {
+			if _, err := c.Write([]byte{byte(round)}); err != nil {
+				t.Fatal(err)
+			}
+			expect(i)
+		}
+	}
+	lp.Remove(conns[1].rx.FD(), slots[1])
+	clients[1].Write([]byte{9})
+	clients[2].Write([]byte{9})
+	expect(2)
+	select {
+	case g := <-got:
+		t.Fatalf("Ready for conn %d after its Remove", g)
+	case <-time.After(100 * time.Millisecond):
+	}
+	if err := lp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-ran:
+		if err != nil {
+			t.Fatalf("Run after Close: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return after Close")
+	}
+}
+
+// TryWrite reports a full send buffer instead of waiting, with what the
+// socket took.
+func TestTryWriteWouldBlock(t *testing.T) {
+	c, _ := loopbackPair(t) // the peer never reads
+	rc := NewRxConn(c)
+	p := make([]byte, 64<<20)
+	n, err := rc.TryWrite(p)
+	if err != ErrWouldBlock || n <= 0 || n >= len(p) {
+		t.Fatalf("TryWrite of 64 MiB to a peer that does not read: %d, %v", n, err)
+	}
+}
+
+// SkipNext drops bytes already sent from the front of the next writes,
+// also when they arrive split or followed by more, and passes on a write
+// that does not start with them.
+func TestSkipNext(t *testing.T) {
+	c, s := loopbackPair(t)
+	rc := NewRxConn(c)
+	rc.SkipNext([]byte("0\r\n\r\n"))
+	rc.Write([]byte("0\r\n"))
+	rc.Write([]byte("\r\nHTTP/1.1 200 OK\r\n"))
+	rc.SkipNext([]byte("0\r\n\r\n"))
+	rc.Write([]byte("other"))
+	rc.Write([]byte("0\r\n\r\n")) // skip was cleared by the mismatch
+	c.(*net.TCPConn).CloseWrite()
+	got, _ := io.ReadAll(s)
+	if want := "HTTP/1.1 200 OK\r\nother0\r\n\r\n"; string(got) != want {
+		t.Fatalf("peer got %q, want %q", got, want)
+	}
+}

@@ -1,0 +1,101 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/abproxy/abproxy/config"
+)
+
+// A client that stops reading fills its socket's send buffer; an event
+// loop may not wait for it, so the stream goes back to its goroutine,
+// which waits, and nothing is lost or reordered on the way.
+func TestEventLoopHandsBackASlowClient(t *testing.T) {
+	const events = 4000
+	event := func(i int) string {
+		return fmt.Sprintf(`data: {"choices":[{"index":0,"delta":{"content":"%06d %s"}}]}`+"\n\n", i, strings.Repeat("x", 200))
+	}
+	backend := startFault(t, func(c net.Conn, _ *faultBackend) {
+		w := bufio.NewWriter(c)
+		io.WriteString(w, sseHead)
+		for i := range events {
+			if i == 10 { // the stream is in its loop by now
+				w.Flush()
+				time.Sleep(100 * time.Millisecond)
+			}
+			io.WriteString(w, chunk(event(i)))
+		}
+		io.WriteString(w, "0\r\n\r\n")
+		w.Flush()
+	})
+	// a small send buffer on the proxy's side of the client connection
+	// (accepted sockets inherit it from the listener), so that a client
+	// that does not read soon leaves the proxy unable to write
+	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, 16<<10) })
+	}}
+	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	px, p, sink := startProxyOn(t, ln, nil, config.Backend{Name: "b", URL: backend})
+
+	c, err := net.Dial("tcp", strings.TrimPrefix(px, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	body := `{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true}`
+	fmt.Fprintf(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	time.Sleep(300 * time.Millisecond) // ~900 KB are waiting for us by now
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want strings.Builder
+	for i := range events {
+		want.WriteString(event(i))
+	}
+	if string(got) != want.String() {
+		t.Fatalf("client got %d bytes, want %d (first difference at %d)", len(got), want.Len(), firstDiff(string(got), want.String()))
+	}
+	rec := sink.wait(t)
+	if rec.Error != "" || len(rec.ChunkNS) != events || rec.BytesOut != int64(want.Len()) {
+		t.Fatalf("record: error %q, %d chunks, %d bytes out", rec.Error, len(rec.ChunkNS), rec.BytesOut)
+	}
+	if p.loopStreams.Load() == 0 || p.loopHandbacks.Load() == 0 {
+		t.Fatalf("streams in loops %d, handed back %d: the test did not fill the client's buffer in a loop",
+			p.loopStreams.Load(), p.loopHandbacks.Load())
+	}
+	// the connection is still good for another request
+	fmt.Fprintf(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	resp, err = http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := io.ReadAll(resp.Body); err != nil || len(got) != want.Len() {
+		t.Fatalf("second response on the connection: %d bytes, %v", len(got), err)
+	}
+}
+
+func firstDiff(a, b string) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
+}
