@@ -99,3 +99,31 @@ func firstDiff(a, b string) int {
 	}
 	return min(len(a), len(b))
 }
+
+// Shadows' streams are relayed by the loops too (their output is
+// discarded, which never waits), and are timed and cut like the primary's.
+func TestShadowStreamsInLoops(t *testing.T) {
+	paced := func(c net.Conn, _ *faultBackend) {
+		io.WriteString(c, sseHead)
+		for range 5 { // the first event comes alone: the stream waits in a loop for the rest
+			io.WriteString(c, chunk(contentEvent))
+			time.Sleep(20 * time.Millisecond)
+		}
+		io.WriteString(c, chunk("data: [DONE]\n\n")+"0\r\n\r\n")
+	}
+	a, b := startFault(t, paced), startFault(t, paced)
+	px, p, sink := startProxy(t, mirrorRoute("a", "b"), config.Backend{Name: "a", URL: a}, config.Backend{Name: "b", URL: b})
+	resp, body := post(t, px+"/v1/chat/completions", `{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true}`, nil)
+	if resp.StatusCode != 200 || strings.Count(string(body), `"content":"tok"`) != 5 {
+		t.Fatalf("client got %d %q", resp.StatusCode, body)
+	}
+	recs := collect(t, sink, 2)
+	for _, name := range []string{"a", "b"} {
+		if r := recs[name]; r == nil || r.Error != "" || len(r.ChunkNS) != 5 {
+			t.Fatalf("record of %s: %+v", name, r)
+		}
+	}
+	if n := p.loopStreams.Load(); n != 2 {
+		t.Fatalf("%d streams went through event loops, want the primary's and the shadow's", n)
+	}
+}

@@ -43,6 +43,7 @@ import (
 //	ABPROXY_OVERHEAD_BIN=PATH               measure a built `abproxy serve` instead
 //	                                        of the re-executed test binary
 //	ABPROXY_OVERHEAD_CHILD_ENV=K=V,...      extra environment for abproxy (GOMAXPROCS=1)
+//	ABPROXY_OVERHEAD_EVENT_LOOPS=N          abproxy's proxy.event_loops (-1: a goroutine per stream)
 //	ABPROXY_OVERHEAD_PPROF=ADDR             serve net/http/pprof from abproxy on ADDR
 //	ABPROXY_OVERHEAD_KEEPDB=PATH            abproxy's SQLite file (default: a temp dir)
 //

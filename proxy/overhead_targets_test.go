@@ -41,8 +41,9 @@ const (
 	ovhBackendEnv = "ABPROXY_OVERHEAD_BACKEND" // child: backend URL
 	ovhDBEnv      = "ABPROXY_OVERHEAD_DB"      // child: SQLite path
 	ovhProfileEnv = "ABPROXY_OVERHEAD_CPUPROFILE"
-	ovhPprofEnv   = "ABPROXY_OVERHEAD_PPROF"  // child: serve net/http/pprof on this address
-	ovhConfigEnv  = "ABPROXY_OVERHEAD_CONFIG" // child: config file, in place of the three above
+	ovhPprofEnv   = "ABPROXY_OVERHEAD_PPROF"       // child: serve net/http/pprof on this address
+	ovhConfigEnv  = "ABPROXY_OVERHEAD_CONFIG"      // child: config file, in place of the three above
+	ovhLoopsEnv   = "ABPROXY_OVERHEAD_EVENT_LOOPS" // child: proxy.event_loops
 )
 
 func init() {
@@ -82,6 +83,13 @@ func ovhChildServe() int {
 		cfg.Proxy.Listen = os.Getenv(ovhListenEnv)
 		cfg.Recorder.Path = os.Getenv(ovhDBEnv)
 		cfg.Backends = []config.Backend{{Name: "sim", URL: os.Getenv(ovhBackendEnv)}}
+	}
+	if v := os.Getenv(ovhLoopsEnv); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return fail(fmt.Errorf("%s=%q is not an integer", ovhLoopsEnv, v))
+		}
+		cfg.Proxy.EventLoops = n
 	}
 	if err := cfg.Validate(); err != nil {
 		return fail(err)
