@@ -41,9 +41,10 @@ func TestErrors(t *testing.T) {
 		"[[backend]]\nurl='http://a:1'\n":        `backend #1 has no name`,
 		"[[backend]]\nname='a'\nurl='ftp://a'\n": `url "ftp://a" is not an http(s)://host:port URL`,
 		"[[backend]]\nname='a'\nurl='http://a:1'\n[[backend]]\nname='a'\nurl='http://a:2'\n": `backend "a" is defined twice`,
-		"[log]\nlevel='loud'\n":       `log.level "loud"`,
-		"[proxy]\nevent_loops = -2\n": `proxy.event_loops is -2; use 0 (one per CPU), -1 (a goroutine per stream) or up to 256 loops`,
-		"[proxy\n":                    `x.toml:1:`,
+		"[log]\nlevel='loud'\n":                  `log.level "loud"`,
+		"[proxy]\nevent_loops = -2\n":            `proxy.event_loops is -2; use 0 (one per CPU), -1 (a goroutine per stream) or up to 256 loops`,
+		"[proxy]\nevent_loop_min_streams = -1\n": `proxy.event_loop_min_streams must not be negative`,
+		"[proxy\n":                               `x.toml:1:`,
 	}
 	for in, want := range cases {
 		_, err := Parse("x.toml", []byte(in))

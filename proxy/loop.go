@@ -21,6 +21,10 @@ import (
 // goroutine sleeps until the stream ends, waking only for the idle
 // timeout and for a shutdown abort. A client that cannot take its bytes at
 // once gets the stream back on its own goroutine, which may wait.
+//
+// A loop's wake-up is a wake-up of its own plus an epoll_wait, so a loop
+// pays off only when many sockets become readable together: a stream joins
+// one only while proxy.event_loop_min_streams requests are in flight.
 
 // loopState is an exchange's part in an event loop.
 type loopState struct {

@@ -15,6 +15,9 @@ import (
 	"github.com/abproxy/abproxy/config"
 )
 
+// loopsAlways puts every stream in a loop, however few are in flight.
+func loopsAlways(c *config.Config) { c.Proxy.EventLoopMinStreams = 0 }
+
 // A client that stops reading fills its socket's send buffer; an event
 // loop may not wait for it, so the stream goes back to its goroutine,
 // which waits, and nothing is lost or reordered on the way.
@@ -46,7 +49,7 @@ func TestEventLoopHandsBackASlowClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	px, p, sink := startProxyOn(t, ln, nil, config.Backend{Name: "b", URL: backend})
+	px, p, sink := startProxyOn(t, ln, loopsAlways, config.Backend{Name: "b", URL: backend})
 
 	c, err := net.Dial("tcp", strings.TrimPrefix(px, "http://"))
 	if err != nil {
@@ -112,7 +115,8 @@ func TestShadowStreamsInLoops(t *testing.T) {
 		io.WriteString(c, chunk("data: [DONE]\n\n")+"0\r\n\r\n")
 	}
 	a, b := startFault(t, paced), startFault(t, paced)
-	px, p, sink := startProxy(t, mirrorRoute("a", "b"), config.Backend{Name: "a", URL: a}, config.Backend{Name: "b", URL: b})
+	px, p, sink := startProxy(t, func(c *config.Config) { mirrorRoute("a", "b")(c); loopsAlways(c) },
+		config.Backend{Name: "a", URL: a}, config.Backend{Name: "b", URL: b})
 	resp, body := post(t, px+"/v1/chat/completions", `{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true}`, nil)
 	if resp.StatusCode != 200 || strings.Count(string(body), `"content":"tok"`) != 5 {
 		t.Fatalf("client got %d %q", resp.StatusCode, body)

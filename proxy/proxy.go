@@ -799,8 +799,9 @@ func (x *exchange) pump(w io.Writer, direct bool) (int64, error) {
 		st.raw = x.client
 	}
 	// a shadow's output is discarded, which never has to wait either
-	if st.raw != nil || w == io.Discard {
-		if lp := x.p.loop(); lp != nil && x.conn.rx != nil {
+	if (st.raw != nil || w == io.Discard) && x.conn.rx != nil &&
+		x.p.inflightN.Load() >= int64(x.p.cfg.Proxy.EventLoopMinStreams) {
+		if lp := x.p.loop(); lp != nil {
 			x.pumpInLoop(lp, &st)
 		}
 	}

@@ -116,21 +116,22 @@ func post(t testing.TB, url, body string, hdr map[string]string) (*http.Response
 	return resp, b
 }
 
-// TestByteForByte runs with the streams relayed by event loops (the
-// default) and by a goroutine each; the client keeps its connection alive
-// across the cases, so a body framed wrongly breaks the next response.
+// TestByteForByte runs with the streams relayed by event loops and by a
+// goroutine each (loops off, or too few streams in flight for them); the
+// client keeps its connection alive across the cases, so a body framed
+// wrongly breaks the next response.
 func TestByteForByte(t *testing.T) {
 	simURL := startSim(t, 200, nil)
 	for _, mode := range []struct {
-		name  string
-		loops int
-	}{{"loops", 0}, {"goroutines", -1}} {
+		name       string
+		loops, min int
+	}{{"loops", 0, 0}, {"goroutines", -1, 0}, {"below event_loop_min_streams", 0, 2}} {
 		t.Run(mode.name, func(t *testing.T) {
-			px, p, sink := startProxy(t, func(c *config.Config) { c.Proxy.EventLoops = mode.loops },
+			px, p, sink := startProxy(t, func(c *config.Config) { c.Proxy.EventLoops, c.Proxy.EventLoopMinStreams = mode.loops, mode.min },
 				config.Backend{Name: "sim", URL: simURL, Model: "Qwen/Qwen2.5-14B-Instruct"})
 			testByteForByte(t, simURL, px, sink)
-			if n := p.loopStreams.Load(); (n > 0) != (mode.loops == 0) {
-				t.Fatalf("%d streams went through event loops with event_loops = %d", n, mode.loops)
+			if n, want := p.loopStreams.Load(), mode.loops == 0 && mode.min <= 1; (n > 0) != want {
+				t.Fatalf("%d streams went through event loops with event_loops = %d, event_loop_min_streams = %d", n, mode.loops, mode.min)
 			}
 		})
 	}
