@@ -102,6 +102,9 @@ func (s *Scraper) ScrapeOnce(ctx context.Context) error {
 				err = s.Store(rows)
 			}
 			errs[i] = err
+			if err != nil && ctx.Err() != nil {
+				return // cut by our own shutdown: says nothing about the backend
+			}
 			s.report(tg.Backend, err)
 		})
 	}

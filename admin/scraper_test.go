@@ -151,3 +151,42 @@ func TestScraperBadEndpoint(t *testing.T) {
 		t.Errorf("stored %d rows", stored)
 	}
 }
+
+// A scrape cut by the scraper's own shutdown says nothing about the
+// backend: abproxy_backend_up keeps the last real outcome.
+func TestScraperShutdownKeepsBackendUp(t *testing.T) {
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("hold") != "" {
+			<-release // answers only after the scrape was cancelled
+		}
+		w.Write([]byte("vllm:num_requests_running{model_name=\"m\"} 0\n")) //nolint:errcheck
+	}))
+	defer srv.Close()
+	defer close(release)
+	m := NewMetrics([]string{"x"})
+	s := &Scraper{Store: func([]recorder.BackendMetric) error { return nil }, Metrics: m,
+		Targets: []ScrapeTarget{{Backend: "x", URL: srv.URL + "/metrics"}}}
+	if err := s.ScrapeOnce(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	s.Targets[0].URL += "?hold=1"
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := s.ScrapeOnce(ctx); err == nil {
+		t.Fatal("a scrape cut by its context reported no error")
+	}
+	fams, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() == MetricBackendUp {
+			if v := f.GetMetric()[0].GetGauge().GetValue(); v != 1 {
+				t.Fatalf("%s = %v after a cancelled scrape, want the last real outcome 1", MetricBackendUp, v)
+			}
+			return
+		}
+	}
+	t.Fatalf("no %s", MetricBackendUp)
+}
