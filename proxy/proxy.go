@@ -864,7 +864,8 @@ func (st *pumpState) giveBack(p *Proxy) {
 	st.buf, st.out = nil, nil
 }
 
-// emit appends client bytes to out, taking a pooled buffer if need be.
+// room gives out a pooled buffer, starting with frameHead bytes of room,
+// if it has none.
 func (st *pumpState) room(p *Proxy) {
 	if st.buf == nil {
 		st.buf = p.bufs.Get().(*[]byte)
