@@ -161,26 +161,16 @@ func epollWait(epfd uintptr, evs []unix.EpollEvent) (int, error) {
 func (r *RxReader) TryWrite(p []byte) (int, error) {
 	var written int
 	var werr error
-	err := r.raw.Control(func(fd uintptr) {
-		for written < len(p) {
-			n, e := writeFD(fd, p[written:])
-			switch {
-			case e == unix.EINTR:
-				continue
-			case e == unix.EAGAIN:
-				werr = ErrWouldBlock
-				return
-			case e != nil:
-				werr = os.NewSyscallError("write", e)
-				return
-			}
-			written += n
-		}
-	})
-	if err != nil {
+	err := r.raw.Control(func(fd uintptr) { werr = writeFrom(fd, p, &written) })
+	switch {
+	case err != nil:
 		return written, err
+	case werr == unix.EAGAIN:
+		return written, ErrWouldBlock
+	case werr != nil:
+		return written, os.NewSyscallError("write", werr)
 	}
-	return written, werr
+	return written, nil
 }
 
 // TryWrite is RxReader.TryWrite on the connection.

@@ -144,18 +144,10 @@ func (r *RxReader) Write(p []byte) (int, error) {
 	var written int
 	var werr error
 	err := r.raw.Write(func(fd uintptr) bool {
-		for written < len(p) {
-			n, e := writeFD(fd, p[written:])
-			switch {
-			case e == unix.EINTR:
-				continue
-			case e == unix.EAGAIN:
-				return false // wait until writable
-			case e != nil:
-				werr = e
-				return true
-			}
-			written += n
+		werr = writeFrom(fd, p, &written)
+		if werr == unix.EAGAIN {
+			werr = nil
+			return false // wait until writable
 		}
 		return true
 	})
@@ -166,6 +158,23 @@ func (r *RxReader) Write(p []byte) (int, error) {
 		return written, &net.OpError{Op: "write", Net: "tcp", Err: err}
 	}
 	return written, nil
+}
+
+// writeFrom writes p[*written:] with write(2) calls, advancing *written,
+// until all of p is written or a call fails; a full send buffer is
+// unix.EAGAIN.
+func writeFrom(fd uintptr, p []byte, written *int) error {
+	for *written < len(p) {
+		n, e := writeFD(fd, p[*written:])
+		if e == unix.EINTR {
+			continue
+		}
+		if e != nil {
+			return e
+		}
+		*written += n
+	}
+	return nil
 }
 
 // writeFD is one write(2) of p, which must not be empty.
