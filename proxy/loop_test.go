@@ -15,8 +15,9 @@ import (
 	"github.com/abproxy/abproxy/config"
 )
 
-// loopsAlways puts every stream in a loop, however few are in flight.
-func loopsAlways(c *config.Config) { c.Proxy.EventLoopMinStreams = 0 }
+// loopsAlways turns the loops on and puts every stream in one, however
+// few are in flight.
+func loopsAlways(c *config.Config) { c.Proxy.EventLoops, c.Proxy.EventLoopMinStreams = 0, 0 }
 
 // A client that stops reading fills its socket's send buffer; an event
 // loop may not wait for it, so the stream goes back to its goroutine,
