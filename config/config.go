@@ -162,8 +162,8 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil
 // DefaultEventLoops is proxy.event_loops when unset: off. Under CPU
 // contention from other processes, streams relayed by loops recorded
 // first-token and end times up to 30 ms away from the backend's truth
-// (TestAccuracyUnderLoad with two busy processes beside it), against at
-// most 1.2 ms with a goroutine per stream; until that is understood the
+// (TestAccuracyUnderLoad with two busy processes beside it), against
+// 0.1-4.2 ms with a goroutine per stream; until that is understood the
 // loops are opt-in.
 const DefaultEventLoops = -1
 
