@@ -175,26 +175,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	s.lns = append(s.lns, ln)
 	srv := s.srv
 	s.srvMu.Unlock()
-	return srv.Serve(rawListener{ln})
-}
-
-// rawListener gives the server connections that write with raw system
-// calls (wire.RxConn). A write through the syscall package may leave the
-// goroutine waiting milliseconds for a P when it returns under load, and
-// fasthttp writes a stream's chunked terminator in a write of its own
-// after the last data: the terminator then left late, while the truth
-// file stamps the last data write.
-type rawListener struct{ net.Listener }
-
-func (l rawListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return c, err
-	}
-	if rc := wire.NewRxConn(c); rc != nil {
-		return rc, nil
-	}
-	return c, nil
+	return srv.Serve(ln)
 }
 
 // Start creates a server, listens on addr ("127.0.0.1:0" picks a free port)
