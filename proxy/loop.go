@@ -128,7 +128,7 @@ func (x *exchange) pumpInLoop(lp *wire.Loop[exchange], st *pumpState) {
 		l.slot, l.attached = slot, true
 		l.mu.Unlock()
 		x.p.loopStreams.Add(1)
-		x.awaitLoop(st)
+		x.awaitLoop()
 	}
 	if st.busy {
 		// the client's send buffer was full: wait here for it to drain
@@ -147,7 +147,7 @@ func (x *exchange) pumpInLoop(lp *wire.Loop[exchange], st *pumpState) {
 
 // awaitLoop sleeps until the loop lets go of the stream, cutting it at the
 // idle timeout (or the exchange's cap) and at a shutdown's abort.
-func (x *exchange) awaitLoop(st *pumpState) {
+func (x *exchange) awaitLoop() {
 	l, c := &x.ls, x.conn
 	start := now()
 	var timer *time.Timer
@@ -206,7 +206,7 @@ func (x *exchange) awaitLoop(st *pumpState) {
 			}
 		}
 		x.detach()
-		x.endStream(st, cut)
+		x.endStream(l.st, cut)
 		l.mu.Unlock()
 		return
 	}
