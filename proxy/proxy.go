@@ -478,8 +478,12 @@ type exchange struct {
 	// firstSent is when the write carrying the first content chunk to the
 	// client returned (for the proxy's added-latency metric)
 	firstSent int64
-	client    *wire.RxConn // the client's socket, when the pump may write it directly
-	ls        loopState
+	// doneNS is when data: [DONE] arrived: the stream's end (DESIGN.md),
+	// not the chunked terminator behind it, which a backend writes
+	// separately and a busy one may send milliseconds later
+	doneNS int64
+	client *wire.RxConn // the client's socket, when the pump may write it directly
+	ls     loopState
 }
 
 // roundTrip sends the request and reads the response header. A pooled
@@ -999,6 +1003,9 @@ func (x *exchange) endStream(st *pumpState, err error) {
 	rec := x.rec
 	st.ended = true
 	rec.EndNS = st.t
+	if x.doneNS != 0 {
+		rec.EndNS = x.doneNS
+	}
 	if err == io.EOF {
 		st.reuse = x.dec.reusable()
 		return
@@ -1054,6 +1061,10 @@ func (x *exchange) event(ev []byte, t int64, out []byte) []byte {
 		case eventUsageOnly:
 			if !x.keepUse {
 				return out // the proxy asked for it, the client did not
+			}
+		case eventDone:
+			if x.doneNS == 0 {
+				x.doneNS = t
 			}
 		}
 	}

@@ -342,6 +342,38 @@ func TestStreamFaults(t *testing.T) {
 	})
 }
 
+// TestEndIsDone: a stream ends when data: [DONE] arrives (DESIGN.md),
+// not when the closing chunk a server writes after it does. A busy server
+// (or the sim's HTTP library) can send that chunk milliseconds later, and
+// a client such as bench, which stops at [DONE], never waits for it.
+func TestEndIsDone(t *testing.T) {
+	const gap = 300 * time.Millisecond
+	slowClose := startFault(t, func(c net.Conn, _ *faultBackend) {
+		io.WriteString(c, sseHead+chunk(contentEvent)+chunk("data: [DONE]\n\n"))
+		time.Sleep(gap)
+		io.WriteString(c, "0\r\n\r\n")
+		time.Sleep(time.Second) // the proxy reads the body's end, not EOF
+		c.Close()
+	})
+	px, _, sink := startProxy(t, nil, config.Backend{Name: "slow-close", URL: slowClose})
+	start := time.Now()
+	resp, body := post(t, px+"/v1/chat/completions", `{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true}`, nil)
+	took := time.Since(start)
+	if resp.StatusCode != 200 || !strings.HasSuffix(string(body), "data: [DONE]\n\n") {
+		t.Fatalf("client got %d %q", resp.StatusCode, body)
+	}
+	if took < gap {
+		t.Fatalf("the response ended after %v, before the backend closed its body", took)
+	}
+	rec := sink.wait(t)
+	if rec.Error != "" || len(rec.ChunkNS) != 1 {
+		t.Fatalf("record %+v", rec)
+	}
+	if d := time.Duration(rec.EndNS - rec.ChunkNS[0]); d < 0 || d > gap/2 {
+		t.Fatalf("end_ns is %v after the last chunk; want the arrival of [DONE], %v before the closing chunk", d, gap)
+	}
+}
+
 func TestClientCancelClosesUpstream(t *testing.T) {
 	upClosed := make(chan time.Duration, 1)
 	slow := startFault(t, func(c net.Conn, _ *faultBackend) {

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"math"
 	"net/http"
@@ -111,13 +112,16 @@ type truthLine struct {
 	RequestID      string `json:"request_id"`
 	FirstContentNS int64  `json:"first_content_ns"`
 	EndNS          int64  `json:"end_ns"`
+	FirstDoneNS    int64  `json:"first_content_done_ns"`
+	EndDoneNS      int64  `json:"end_done_ns"`
 }
 
 // TestAccuracyUnderLoad checks the proxy's first-token and end times
 // against the sim's own write times at 256 concurrent streams. Each time
-// must be within 2 ms. The loopback "network" itself can deliver late when
-// the machine is saturated (the kernel defers packet processing to
-// ksoftirqd), so a failed round is measured again, up to three rounds.
+// must be within 2 ms of the span of the write that sent its bytes. The
+// loopback "network" itself can deliver late when the machine is
+// saturated (the kernel sends a written segment later), so a failed round
+// is measured again, up to three rounds.
 func TestAccuracyUnderLoad(t *testing.T) {
 	if testing.Short() {
 		t.Skip("timing accuracy under load: skipped with -short (and under -race, which slows everything)")
@@ -127,13 +131,13 @@ func TestAccuracyUnderLoad(t *testing.T) {
 		if worst <= 2 {
 			return
 		}
-		t.Logf("round %d: worst difference %.3f ms is over the 2 ms limit", round, worst)
+		t.Logf("round %d: a time %.3f ms outside the write span is over the 2 ms limit", round, worst)
 	}
-	t.Error("in three rounds, some recorded time was more than 2 ms from the sim's truth")
+	t.Error("in three rounds, some recorded time was more than 2 ms outside the sim's write span")
 }
 
 // accuracyRound runs 256 concurrent streams and returns the largest
-// |proxy - truth| in ms over first-token and end times.
+// distance in ms of a first-token or end time from the sim's write span.
 func accuracyRound(t *testing.T) float64 {
 	var truth testutil.SyncBuffer
 	simURL := startSim(t, 1, &truth)
@@ -195,25 +199,52 @@ func accuracyRound(t *testing.T) float64 {
 	if len(lines) != streams {
 		t.Fatalf("truth has %d lines, want %d", len(lines), streams)
 	}
-	var dFirst, dEnd []float64
+	// The sim knows only that the kernel took its bytes between the start
+	// and the return of a write; a sim thread held up inside the write (a
+	// GC pause, a full send buffer, the OS running something else) widens
+	// that span, and the proxy's time is then checked against the span.
+	var dFirst, dEnd, spanFirst, spanEnd, offFirst, offEnd []float64
 	for _, l := range lines {
 		r, ok := recs[l.RequestID]
 		if !ok {
 			t.Fatalf("truth line for unknown request %s", l.RequestID)
 		}
+		if l.FirstDoneNS == 0 || l.EndDoneNS == 0 {
+			t.Fatalf("truth line without write returns: %+v", l)
+		}
 		dFirst = append(dFirst, float64(r[0]-l.FirstContentNS)/1e6)
 		dEnd = append(dEnd, float64(r[1]-l.EndNS)/1e6)
+		spanFirst = append(spanFirst, float64(l.FirstDoneNS-l.FirstContentNS)/1e6)
+		spanEnd = append(spanEnd, float64(l.EndDoneNS-l.EndNS)/1e6)
+		offFirst = append(offFirst, offSpan(r[0], l.FirstContentNS, l.FirstDoneNS))
+		offEnd = append(offEnd, offSpan(r[1], l.EndNS, l.EndDoneNS))
 	}
 	worst := 0.0
 	for _, m := range []struct {
-		name string
-		d    []float64
-	}{{"first token", dFirst}, {"end", dEnd}} {
-		d := m.d
-		sort.Float64s(d)
-		t.Logf("%s: proxy - sim truth: min %.3f ms, p50 %.3f ms, p99 %.3f ms, max %.3f ms over %d streams",
-			m.name, d[0], d[len(d)/2], d[len(d)*99/100], d[len(d)-1], len(d))
-		worst = math.Max(worst, math.Max(math.Abs(d[0]), math.Abs(d[len(d)-1])))
+		name         string
+		d, span, off []float64
+	}{{"first token", dFirst, spanFirst, offFirst}, {"end", dEnd, spanEnd, offEnd}} {
+		for _, d := range [][]float64{m.d, m.span, m.off} {
+			sort.Float64s(d)
+		}
+		q := func(d []float64) string {
+			return fmt.Sprintf("min %.3f, p50 %.3f, p99 %.3f, max %.3f ms", d[0], d[len(d)/2], d[len(d)*99/100], d[len(d)-1])
+		}
+		t.Logf("%s over %d streams: proxy - sim write start: %s; sim write span: %s; outside the span by: %s",
+			m.name, len(m.d), q(m.d), q(m.span), q(m.off))
+		worst = math.Max(worst, math.Max(math.Abs(m.off[0]), math.Abs(m.off[len(m.off)-1])))
 	}
 	return worst
+}
+
+// offSpan is how far t (ns) lies outside [start, done], in ms: negative
+// before, positive after, 0 inside.
+func offSpan(t, start, done int64) float64 {
+	switch {
+	case t < start:
+		return float64(t-start) / 1e6
+	case t > done:
+		return float64(t-done) / 1e6
+	}
+	return 0
 }

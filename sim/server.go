@@ -548,6 +548,13 @@ func (s *Server) prepare(body []byte, r *request) *apiError {
 
 // record writes the request's truth line once.
 func (r *request) record(status int, firstContent, end time.Time, completion int) {
+	r.recordSpans(status, firstContent, time.Time{}, end, time.Time{}, completion)
+}
+
+// recordSpans is record with the times the first content's and the last
+// data's writes returned: the kernel took those bytes between a write's
+// start and its return.
+func (r *request) recordSpans(status int, firstContent, firstDone, end, endDone time.Time, completion int) {
 	if r.s.truth == nil || !r.recorded.CompareAndSwap(false, true) {
 		return
 	}
@@ -562,6 +569,12 @@ func (r *request) record(status int, firstContent, end time.Time, completion int
 	}
 	if !firstContent.IsZero() {
 		rec.FirstContentNS = firstContent.UnixNano()
+	}
+	if !firstDone.IsZero() {
+		rec.FirstContentDoneNS = firstDone.UnixNano()
+	}
+	if !endDone.IsZero() {
+		rec.EndDoneNS = endDone.UnixNano()
 	}
 	r.s.truth.write(&rec)
 }

@@ -185,7 +185,7 @@ func (r *request) WriteTo(w io.Writer) (int64, error) {
 	}()
 
 	var total int64
-	var first time.Time
+	var first, firstDone time.Time
 	written := 0
 	roleSent := false
 	if r.chat && r.s.opts.RoleChunkEarly {
@@ -224,12 +224,13 @@ func (r *request) WriteTo(w io.Writer) (int64, error) {
 				r.abort(499, first, written)
 				return total, err
 			}
+			done := time.Now()
 			if written == 0 {
-				first = now
+				first, firstDone = now, done
 			}
 			written = upto
 			if written == r.target {
-				r.record(200, first, now, written)
+				r.recordSpans(200, first, firstDone, now, done, written)
 				return total, nil
 			}
 			continue

@@ -24,11 +24,18 @@ type TruthRecord struct {
 	// the socket (the moment its write began); 0 for non-streamed responses
 	// and for errors.
 	FirstContentNS int64 `json:"first_content_ns"`
-	// EndNS is when the last data write began (the chunked terminator
-	// follows it at once). For non-streamed bodies
+	// EndNS is when the last data write, the one ending in data: [DONE],
+	// began. For non-streamed bodies
 	// it is taken as the body is handed to fasthttp, which writes and flushes
 	// it immediately after the handler returns (microseconds later).
 	EndNS int64 `json:"end_ns"`
+	// FirstContentDoneNS and EndDoneNS are when those writes returned (0
+	// where there was no such write). The kernel took the bytes between a
+	// write's start and its return; the two are microseconds apart unless
+	// the sim's thread was held up inside the write (a GC pause, or the OS
+	// running something else on a busy machine).
+	FirstContentDoneNS int64 `json:"first_content_done_ns"`
+	EndDoneNS          int64 `json:"end_done_ns"`
 	// PromptTokens and CompletionTokens are the counts reported in usage
 	// (for an aborted stream, the tokens actually delivered).
 	PromptTokens     int `json:"prompt_tokens"`
@@ -51,6 +58,10 @@ func (r *TruthRecord) appendJSON(b []byte) []byte {
 	b = strconv.AppendInt(b, r.FirstContentNS, 10)
 	b = append(b, `,"end_ns":`...)
 	b = strconv.AppendInt(b, r.EndNS, 10)
+	b = append(b, `,"first_content_done_ns":`...)
+	b = strconv.AppendInt(b, r.FirstContentDoneNS, 10)
+	b = append(b, `,"end_done_ns":`...)
+	b = strconv.AppendInt(b, r.EndDoneNS, 10)
 	b = append(b, `,"prompt_tokens":`...)
 	b = strconv.AppendInt(b, int64(r.PromptTokens), 10)
 	b = append(b, `,"completion_tokens":`...)
