@@ -159,13 +159,10 @@ func (d *Duration) UnmarshalText(b []byte) error {
 // MarshalText writes the duration as a Go duration string.
 func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
 
-// DefaultEventLoops is proxy.event_loops when unset: off. Under CPU
-// contention from other processes, streams relayed by loops recorded
-// first-token and end times up to 30 ms away from the backend's truth
-// (TestAccuracyUnderLoad with two busy processes beside it), against
-// 0.1-4.2 ms with a goroutine per stream; until that is understood the
-// loops are opt-in.
-const DefaultEventLoops = -1
+// DefaultEventLoops is proxy.event_loops when unset: one loop per CPU.
+// At 1,000 streams the loops cut the CPU the proxy spends above nginx's by
+// a third and most of its added TTFT (docs/benchmarks.md, "Event loops").
+const DefaultEventLoops = 0
 
 // DefaultEventLoopMinStreams is proxy.event_loop_min_streams when unset:
 // at one stream a loop cost 5-25 % more CPU per chunk than a goroutine, at

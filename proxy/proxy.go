@@ -799,9 +799,7 @@ func (x *exchange) pump(w io.Writer, direct bool) (int64, error) {
 		rec.ChunkNS = make([]int64, 0, 64)
 	}
 	st := pumpState{w: w, t: x.conn.readTime()} // body bytes that came with the header
-	// the own framing is part of the opt-in loops until their effect on
-	// recorded times under CPU contention is understood (config.DefaultEventLoops)
-	if direct && x.client != nil && x.p.cfg.Proxy.EventLoops >= 0 {
+	if direct && x.client != nil {
 		st.raw = x.client
 	}
 	// a shadow's output is discarded, which never has to wait either
