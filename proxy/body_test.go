@@ -179,14 +179,17 @@ func TestStreamPiecesAfterPauses(t *testing.T) {
 // cut when Shutdown's context ends, even while its pump waits on an empty
 // socket inside its read session; the client gets an error event and the
 // record says proxy_shutdown with the chunks that came before.
-func TestShutdownCutsAStalledStream(t *testing.T) {
+func TestShutdownCutsAStalledStream(t *testing.T) { forRelays(t, testShutdownCutsAStalledStream) }
+
+func testShutdownCutsAStalledStream(t *testing.T, r relay) {
 	backend := startFault(t, func(c net.Conn, _ *faultBackend) {
 		io.WriteString(c, sseHead+chunk(contentEvent)+chunk(contentEvent))
 		time.Sleep(10 * time.Second)
 		c.Close()
 	})
-	px, p, sink := startProxy(t, func(c *config.Config) { c.Proxy.IdleTimeout.Duration = time.Minute },
+	px, p, sink := startProxy(t, r.with(func(c *config.Config) { c.Proxy.IdleTimeout.Duration = time.Minute }),
 		config.Backend{Name: "b", URL: backend})
+	defer r.check(t, p)
 	resp, err := http.Post(px+"/v1/chat/completions", "application/json",
 		strings.NewReader(`{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true}`))
 	if err != nil {

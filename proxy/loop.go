@@ -110,8 +110,11 @@ func (x *exchange) pumpInLoop(lp *wire.Loop[exchange], st *pumpState) {
 	c.sessFD, c.inSess = c.fd, true // reads report an empty socket, never wait
 	st.nonblock = true
 	defer func() {
-		c.inSess, c.drained = false, false
+		c.inSess, c.drained, c.looped = false, false, false
 		st.nonblock = false
+		// the deadline was left alone in the loop: restart it before the
+		// stream's goroutine waits on the socket again
+		c.deadline.Arm(c.c)
 	}()
 	// bytes that came with the header, and any that followed, go out first
 	done := x.pumpStep(st)
@@ -119,8 +122,10 @@ func (x *exchange) pumpInLoop(lp *wire.Loop[exchange], st *pumpState) {
 	if !done {
 		l.st, l.lp, l.done = st, lp, make(chan struct{})
 		l.mu.Lock()
+		c.looped = true
 		slot, err := lp.Add(c.fd, x)
 		if err != nil {
+			c.looped = false
 			l.mu.Unlock()
 			x.p.log.Warn("stream kept on its goroutine: event loop refused it", zap.Error(err))
 			return

@@ -19,10 +19,49 @@ import (
 // few are in flight.
 func loopsAlways(c *config.Config) { c.Proxy.EventLoops, c.Proxy.EventLoopMinStreams = 0, 0 }
 
+// relay is one way of relaying a stream: on its own goroutine (a single
+// stream is below the default event_loop_min_streams) or in an event loop.
+type relay struct {
+	name string
+	mod  func(*config.Config)
+	loop bool
+}
+
+// forRelays runs test once for each relay.
+func forRelays(t *testing.T, test func(t *testing.T, r relay)) {
+	for _, r := range []relay{{"goroutine", func(*config.Config) {}, false}, {"event loop", loopsAlways, true}} {
+		t.Run(r.name, func(t *testing.T) { test(t, r) })
+	}
+}
+
+// with applies the relay's settings after mod's.
+func (r relay) with(mod func(*config.Config)) func(*config.Config) {
+	return func(c *config.Config) { mod(c); r.mod(c) }
+}
+
+// check fails t unless p's streams took the relay's path.
+func (r relay) check(t *testing.T, p *Proxy) {
+	t.Helper()
+	if n := p.loopStreams.Load(); (n > 0) != r.loop {
+		t.Fatalf("%d streams went through event loops, relaying on a %s", n, r.name)
+	}
+}
+
 // A client that stops reading fills its socket's send buffer; an event
 // loop may not wait for it, so the stream goes back to its goroutine,
 // which waits, and nothing is lost or reordered on the way.
-func TestEventLoopHandsBackASlowClient(t *testing.T) {
+func TestEventLoopHandsBackASlowClient(t *testing.T) { testHandBack(t, 0, 0) }
+
+// The loop leaves the read deadline alone while it has the stream (its
+// waiter keeps the idle timeout), so a stream handed back after longer
+// than the idle timeout must get a fresh deadline, not an instant timeout.
+func TestHandBackAfterLongerThanIdle(t *testing.T) {
+	testHandBack(t, 400*time.Millisecond, 12)
+}
+
+// testHandBack streams 4,000 events to a client that reads only after
+// they have been sent; the first trickle events come 100 ms apart.
+func testHandBack(t *testing.T, idle time.Duration, trickle int) {
 	const events = 4000
 	event := func(i int) string {
 		return fmt.Sprintf(`data: {"choices":[{"index":0,"delta":{"content":"%06d %s"}}]}`+"\n\n", i, strings.Repeat("x", 200))
@@ -31,7 +70,7 @@ func TestEventLoopHandsBackASlowClient(t *testing.T) {
 		w := bufio.NewWriter(c)
 		io.WriteString(w, sseHead)
 		for i := range events {
-			if i == 10 { // the stream is in its loop by now
+			if i == 10 || i < trickle { // by i = 10 the stream is in its loop
 				w.Flush()
 				time.Sleep(100 * time.Millisecond)
 			}
@@ -50,7 +89,12 @@ func TestEventLoopHandsBackASlowClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	px, p, sink := startProxyOn(t, ln, loopsAlways, config.Backend{Name: "b", URL: backend})
+	px, p, sink := startProxyOn(t, ln, func(c *config.Config) {
+		loopsAlways(c)
+		if idle > 0 {
+			c.Proxy.IdleTimeout.Duration = idle
+		}
+	}, config.Backend{Name: "b", URL: backend})
 
 	c, err := net.Dial("tcp", strings.TrimPrefix(px, "http://"))
 	if err != nil {
@@ -59,7 +103,8 @@ func TestEventLoopHandsBackASlowClient(t *testing.T) {
 	defer c.Close()
 	body := `{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true}`
 	fmt.Fprintf(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
-	time.Sleep(300 * time.Millisecond) // ~900 KB are waiting for us by now
+	// ~900 KB are waiting for us by then
+	time.Sleep(300*time.Millisecond + time.Duration(trickle)*100*time.Millisecond)
 	br := bufio.NewReader(c)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {

@@ -298,7 +298,9 @@ func startFault(t *testing.T, serve func(c net.Conn, fb *faultBackend)) string {
 	return "http://" + ln.Addr().String()
 }
 
-func TestStreamFaults(t *testing.T) {
+func TestStreamFaults(t *testing.T) { forRelays(t, testStreamFaults) }
+
+func testStreamFaults(t *testing.T, r relay) {
 	stall := startFault(t, func(c net.Conn, _ *faultBackend) {
 		io.WriteString(c, sseHead+chunk(contentEvent)+chunk(contentEvent))
 		time.Sleep(3 * time.Second)
@@ -310,8 +312,9 @@ func TestStreamFaults(t *testing.T) {
 		c.(*net.TCPConn).SetLinger(0)
 		c.Close()
 	})
-	px, _, sink := startProxy(t, func(c *config.Config) { c.Proxy.IdleTimeout.Duration = 300 * time.Millisecond },
+	px, p, sink := startProxy(t, r.with(func(c *config.Config) { c.Proxy.IdleTimeout.Duration = 300 * time.Millisecond }),
 		config.Backend{Name: "stall", URL: stall}, config.Backend{Name: "reset", URL: reset})
+	defer r.check(t, p)
 	stream := `{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true}`
 
 	t.Run("idle timeout", func(t *testing.T) {
@@ -346,7 +349,9 @@ func TestStreamFaults(t *testing.T) {
 // not when the closing chunk a server writes after it does. A busy server
 // (or the sim's HTTP library) can send that chunk milliseconds later, and
 // a client such as bench, which stops at [DONE], never waits for it.
-func TestEndIsDone(t *testing.T) {
+func TestEndIsDone(t *testing.T) { forRelays(t, testEndIsDone) }
+
+func testEndIsDone(t *testing.T, r relay) {
 	const gap = 300 * time.Millisecond
 	slowClose := startFault(t, func(c net.Conn, _ *faultBackend) {
 		io.WriteString(c, sseHead+chunk(contentEvent)+chunk("data: [DONE]\n\n"))
@@ -355,7 +360,8 @@ func TestEndIsDone(t *testing.T) {
 		time.Sleep(time.Second) // the proxy reads the body's end, not EOF
 		c.Close()
 	})
-	px, _, sink := startProxy(t, nil, config.Backend{Name: "slow-close", URL: slowClose})
+	px, p, sink := startProxy(t, r.mod, config.Backend{Name: "slow-close", URL: slowClose})
+	defer r.check(t, p)
 	start := time.Now()
 	resp, body := post(t, px+"/v1/chat/completions", `{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true}`, nil)
 	took := time.Since(start)
@@ -374,7 +380,9 @@ func TestEndIsDone(t *testing.T) {
 	}
 }
 
-func TestClientCancelClosesUpstream(t *testing.T) {
+func TestClientCancelClosesUpstream(t *testing.T) { forRelays(t, testClientCancelClosesUpstream) }
+
+func testClientCancelClosesUpstream(t *testing.T, r relay) {
 	upClosed := make(chan time.Duration, 1)
 	slow := startFault(t, func(c net.Conn, _ *faultBackend) {
 		io.WriteString(c, sseHead)
@@ -388,7 +396,8 @@ func TestClientCancelClosesUpstream(t *testing.T) {
 		}
 		upClosed <- -1
 	})
-	px, _, sink := startProxy(t, nil, config.Backend{Name: "slow", URL: slow})
+	px, p, sink := startProxy(t, r.mod, config.Backend{Name: "slow", URL: slow})
+	defer r.check(t, p)
 	req, _ := http.NewRequest("POST", px+"/v1/chat/completions", strings.NewReader(`{"model":"m","messages":[],"stream":true}`))
 	ctx, cancel := context.WithCancel(context.Background())
 	resp, err := http.DefaultClient.Do(req.WithContext(ctx))

@@ -87,6 +87,9 @@ type upConn struct {
 	sessFD  uintptr
 	inSess  bool
 	drained bool
+	// looped: the connection is in an event loop, whose waiter keeps the
+	// idle timeout (awaitLoop), so Read leaves the deadline alone
+	looped bool
 }
 
 var errAborted = errors.New("request aborted by shutdown")
@@ -95,7 +98,9 @@ func (c *upConn) Read(p []byte) (int, error) {
 	if c.aborted.Load() {
 		return 0, errAborted
 	}
-	c.deadline.Arm(c.c)
+	if !c.looped {
+		c.deadline.Arm(c.c)
+	}
 	if c.inSess {
 		n, ts, err := c.rx.ReadFD(c.sessFD, p)
 		if err == wire.ErrWouldBlock {
