@@ -119,6 +119,9 @@ func (x *exchange) pumpInLoop(lp *wire.Loop[exchange], st *pumpState) {
 	// bytes that came with the header, and any that followed, go out first
 	done := x.pumpStep(st)
 	c.drained = false
+	if st.head {
+		return // the headers still wait for events: a loop may not block on them
+	}
 	if !done {
 		l.st, l.lp, l.done = st, lp, make(chan struct{})
 		l.mu.Lock()

@@ -482,8 +482,11 @@ type exchange struct {
 	// not the chunked terminator behind it, which a backend writes
 	// separately and a busy one may send milliseconds later
 	doneNS int64
-	client *wire.RxConn // the client's socket, when the pump may write it directly
-	ls     loopState
+	// headWithEvents: the response headers wait in fasthttp's buffer for
+	// the first events, which then go through fasthttp's writer with them
+	headWithEvents bool
+	client         *wire.RxConn // the client's socket, when the pump may write it directly
+	ls             loopState
 }
 
 // roundTrip sends the request and reads the response header. A pooled
@@ -585,8 +588,13 @@ func (p *Proxy) forward(ctx *fasthttp.RequestCtx, rec *recorder.Request, up *ups
 	x.conn = c
 	x.dec.init(c.br, &h, ctx.IsHead())
 	if bytes.HasPrefix(h.ContentType(), ctEventStream) {
-		// headers go out now, as the backend sent them before the first token
-		resp.ImmediateHeaderFlush = true
+		// Headers go out now when the backend sent them ahead of its first
+		// event. When an event came in the same read, they go with it, in
+		// one write (as nginx sends them): a write of their own costs the
+		// client a wake-up before its first token.
+		b := x.dec.buffered()
+		x.headWithEvents = bytes.Contains(b, lfLF) || bytes.Contains(b, crlfCRLF)
+		resp.ImmediateHeaderFlush = !x.headWithEvents
 		ctx.SetBodyStream(x, -1)
 		x.client, _ = ctx.Conn().(*wire.RxConn)
 		return
@@ -802,6 +810,7 @@ func (x *exchange) pump(w io.Writer, direct bool) (int64, error) {
 	if direct && x.client != nil {
 		st.raw = x.client
 	}
+	st.head = x.headWithEvents
 	// a shadow's output is discarded, which never has to wait either
 	if (st.raw != nil || w == io.Discard) && x.conn.rx != nil &&
 		x.p.inflightN.Load() >= int64(x.p.cfg.Proxy.EventLoopMinStreams) {
@@ -827,6 +836,7 @@ func (x *exchange) pump(w io.Writer, direct bool) (int64, error) {
 type pumpState struct {
 	w       io.Writer
 	raw     *wire.RxConn // the client's socket, when the pump frames chunks itself
+	head    bool         // the response headers are in w's buffer: write through w
 	buf     *[]byte      // out's pooled holder while the stream has output pending
 	out     []byte       // frameHead bytes of room, then events for the client
 	t       int64        // receive time of the last socket read
@@ -844,6 +854,10 @@ type pumpState struct {
 	// the client's response ends without waiting for the stream's goroutine
 	last bool
 }
+
+// An event ends in a blank line; in a chunked body CRLF CRLF is also the
+// body's end.
+var lfLF, crlfCRLF = []byte("\n\n"), []byte("\r\n\r\n")
 
 // lastChunk ends a chunked body without trailer fields.
 var lastChunk = []byte("0\r\n\r\n")
@@ -883,7 +897,8 @@ func (st *pumpState) room(p *Proxy) {
 func (st *pumpState) flush(p *Proxy) error {
 	n := len(st.out) - frameHead
 	var err error
-	if st.raw == nil {
+	if st.raw == nil || st.head {
+		st.head = false // fasthttp writes its last chunk itself, after WriteTo
 		var m int
 		m, err = st.w.Write(st.out[frameHead:])
 		st.written += int64(m)
