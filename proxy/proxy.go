@@ -898,7 +898,9 @@ func (st *pumpState) flush(p *Proxy) error {
 	n := len(st.out) - frameHead
 	var err error
 	if st.raw == nil || st.head {
-		st.head = false // fasthttp writes its last chunk itself, after WriteTo
+		// through fasthttp's writer, behind any headers waiting in its
+		// buffer; it frames the chunk and writes the last one after WriteTo
+		st.head = false
 		var m int
 		m, err = st.w.Write(st.out[frameHead:])
 		st.written += int64(m)
