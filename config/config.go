@@ -172,9 +172,21 @@ const DefaultEventLoopMinStreams = 64
 // Default returns the configuration used when no file is given: one
 // simulated baseline backend on the port the reference study used.
 func Default() *Config {
-	c := &Config{Admin: Admin{Listen: DefaultAdminListen}, Proxy: Proxy{EventLoops: DefaultEventLoops, EventLoopMinStreams: DefaultEventLoopMinStreams}}
+	c := preset()
 	c.setDefaults()
 	return c
+}
+
+// preset is a configuration holding the defaults of the keys whose zero
+// value means something, so that a file setting them to zero (or "") stays
+// distinguishable from one that leaves them out: admin.listen = "" turns
+// the admin server off, proxy.event_loops = 0 is one loop per CPU,
+// proxy.event_loop_min_streams = 0 puts every stream in a loop.
+func preset() *Config {
+	return &Config{
+		Admin: Admin{Listen: DefaultAdminListen},
+		Proxy: Proxy{EventLoops: DefaultEventLoops, EventLoopMinStreams: DefaultEventLoopMinStreams},
+	}
 }
 
 func (c *Config) setDefaults() {
@@ -231,11 +243,7 @@ func Load(path string) (*Config, error) {
 
 // Parse is Load on bytes already read; name is used in messages.
 func Parse(name string, b []byte) (*Config, error) {
-	// Admin.Listen is pre-set so that an explicit listen = "" (disabled)
-	// stays distinguishable from a missing key (the default).
-	// So are Proxy.EventLoops and EventLoopMinStreams, whose 0s mean
-	// something.
-	c := &Config{Admin: Admin{Listen: DefaultAdminListen}, Proxy: Proxy{EventLoops: DefaultEventLoops, EventLoopMinStreams: DefaultEventLoopMinStreams}}
+	c := preset()
 	dec := toml.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(c); err != nil {

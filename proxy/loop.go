@@ -146,8 +146,8 @@ func (x *exchange) pumpInLoop(lp *wire.Loop[exchange], st *pumpState) {
 		switch {
 		case err != nil && !st.ended:
 			x.clientGone(st, err)
-		case err == nil && st.last:
-			st.raw.SkipNext(lastChunk) // as flush would have
+		case err == nil:
+			st.sentAll()
 		}
 		st.pending = nil
 	}
@@ -161,16 +161,7 @@ func (x *exchange) awaitLoop() {
 	var timer *time.Timer
 	var tick <-chan time.Time
 	// deadline is when the backend's silence becomes a timeout; l.mu is held
-	deadline := func() int64 {
-		var d int64
-		if c.deadline.Idle > 0 {
-			d = max(c.rxNS, start) + int64(c.deadline.Idle)
-		}
-		if u := c.deadline.Until; u != 0 && (d == 0 || u < d) {
-			d = u
-		}
-		return d
-	}
+	deadline := func() int64 { return c.deadline.Due(max(c.rxNS, start)) }
 	arm := func(d int64) {
 		if d == 0 {
 			return

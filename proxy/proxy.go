@@ -882,6 +882,14 @@ func (st *pumpState) giveBack(p *Proxy) {
 	st.buf, st.out = nil, nil
 }
 
+// sentAll is called when a framed write has gone out whole: if it carried
+// the body's last chunk, the copy fasthttp writes after WriteTo is dropped.
+func (st *pumpState) sentAll() {
+	if st.last {
+		st.raw.SkipNext(lastChunk)
+	}
+}
+
 // room gives out a pooled buffer, starting with frameHead bytes of room,
 // if it has none.
 func (st *pumpState) room(p *Proxy) {
@@ -936,8 +944,8 @@ func (st *pumpState) flush(p *Proxy) error {
 		}
 		if m == len(frame) {
 			st.written += int64(n)
-			if st.last && err == nil {
-				st.raw.SkipNext(lastChunk) // fasthttp writes it after WriteTo
+			if err == nil {
+				st.sentAll()
 			}
 		}
 	}
@@ -965,7 +973,8 @@ func (x *exchange) pumpStep(st *pumpState) bool {
 			st.out = append(st.out, x.events.pending()...)
 			x.events.off = len(x.events.buf)
 		}
-		if err == io.EOF && st.raw != nil {
+		if err == io.EOF && st.raw != nil && !st.head {
+			// (behind headers still in fasthttp's buffer, fasthttp ends the body)
 			st.room(x.p)
 			st.last = true
 		}
@@ -1017,11 +1026,11 @@ func (x *exchange) clientGone(st *pumpState, err error) {
 func (x *exchange) endStream(st *pumpState, err error) {
 	rec := x.rec
 	st.ended = true
-	rec.EndNS = st.t
-	if x.doneNS != 0 {
-		rec.EndNS = x.doneNS
-	}
 	if err == io.EOF {
+		rec.EndNS = st.t
+		if x.doneNS != 0 {
+			rec.EndNS = x.doneNS
+		}
 		st.reuse = x.dec.reusable()
 		return
 	}

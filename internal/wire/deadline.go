@@ -30,20 +30,23 @@ func (d *ReadDeadline) Arm(c net.Conn) {
 	}
 }
 
-func (d *ReadDeadline) arm(c net.Conn) {
-	var lo, hi int64 // acceptable deadline range, Unix ns; 0 = none wanted
+// Due is when silence since from (Unix ns) becomes a timeout: the idle
+// timeout after from, or Until if that is sooner; 0 when neither is set.
+func (d *ReadDeadline) Due(from int64) int64 {
+	var t int64
 	if d.Idle > 0 {
-		t := time.Now().UnixNano() + int64(d.Idle)
-		lo, hi = t, t+int64(IdleSlack(d.Idle))
+		t = from + int64(d.Idle)
 	}
-	if d.Until != 0 {
-		if hi == 0 || d.Until < hi {
-			hi = d.Until
-		}
-		if lo == 0 || d.Until < lo {
-			lo = d.Until
-		}
+	if d.Until != 0 && (t == 0 || d.Until < t) {
+		t = d.Until
 	}
+	return t
+}
+
+func (d *ReadDeadline) arm(c net.Conn) {
+	// the acceptable deadline range, Unix ns; 0 = none wanted
+	now := time.Now().UnixNano()
+	lo, hi := d.Due(now), d.Due(now+int64(IdleSlack(d.Idle)))
 	if hi != 0 && d.armed >= lo && d.armed <= hi {
 		return
 	}
