@@ -107,6 +107,11 @@ type Proxy struct {
 	EventLoopMinStreams int `toml:"event_loop_min_streams"`
 	// MaxConnsPerBackend caps open connections to one backend.
 	MaxConnsPerBackend int `toml:"max_conns_per_backend"`
+	// Procs is how many CPUs the Go scheduler runs goroutines on
+	// (GOMAXPROCS): 0 is one while abproxy is quiet and every CPU once it
+	// is busy (internal/procs), N is always N. The GOMAXPROCS environment
+	// variable, when set, wins over 0.
+	Procs int `toml:"procs"`
 }
 
 // Recorder configures measurement storage.
@@ -285,6 +290,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Proxy.EventLoops < -1 || c.Proxy.EventLoops > 256 {
 		return fmt.Errorf("proxy.event_loops is %d; use 0 (one per CPU), -1 (a goroutine per stream) or up to 256 loops", c.Proxy.EventLoops)
+	}
+	if c.Proxy.Procs < 0 || c.Proxy.Procs > 1024 {
+		return fmt.Errorf("proxy.procs is %d; use 0 (one CPU while quiet, all when busy) or a CPU count up to 1024", c.Proxy.Procs)
 	}
 	if c.Proxy.EventLoopMinStreams < 0 {
 		return fmt.Errorf("proxy.event_loop_min_streams must not be negative")

@@ -44,6 +44,7 @@ func TestErrors(t *testing.T) {
 		"[log]\nlevel='loud'\n":                  `log.level "loud"`,
 		"[proxy]\nevent_loops = -2\n":            `proxy.event_loops is -2; use 0 (one per CPU), -1 (a goroutine per stream) or up to 256 loops`,
 		"[proxy]\nevent_loop_min_streams = -1\n": `proxy.event_loop_min_streams must not be negative`,
+		"[proxy]\nprocs = -1\n":                  `proxy.procs is -1; use 0 (one CPU while quiet, all when busy) or a CPU count up to 1024`,
 		"[proxy\n":                               `x.toml:1:`,
 	}
 	for in, want := range cases {

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"os"
-	"runtime"
 	"sync"
 	"time"
 
@@ -52,7 +51,7 @@ func (p *Proxy) startLoops() {
 		return
 	}
 	if n == 0 {
-		n = runtime.GOMAXPROCS(0)
+		n = p.procs.Max() // the P count under load, not while quiet
 	}
 	for range n {
 		lp, err := wire.NewLoop(loopReady)

@@ -121,8 +121,9 @@ func BenchmarkOverhead(b *testing.B) {
 	env := ovhEnv{}
 	env.describe()
 	b.Logf("machine: %s", env.String())
-	b.Logf("sim: step %v + %v/stream (speedup %g), output 64-256 tokens (ignore_eos), prompt ~40 tokens, include_usage on",
-		step(0), time.Duration(float64(prof.StepPerSeq)/speedup), speedup)
+	lo, hi := ovhTokens(b)
+	b.Logf("sim: step %v + %v/stream (speedup %g), output %d-%d tokens (ignore_eos), prompt ~40 tokens, include_usage on",
+		step(0), time.Duration(float64(prof.StepPerSeq)/speedup), speedup, lo, hi)
 
 	// Every request abproxy answered must be in its SQLite file: stop it
 	// (SIGTERM drains and closes the recorder) and compare its counts. This
@@ -224,6 +225,22 @@ var ovhDefaultLevels = map[int]ovhLevel{
 	16:   {16, 8, 4},
 	200:  {200, 3, 4},
 	1000: {1000, 2, 3},
+}
+
+// ovhTokens is the range of output lengths: ABPROXY_OVERHEAD_TOKENS=LO-HI,
+// 64-256 unless set. Short outputs make TTFT-only runs many times quicker.
+func ovhTokens(b *testing.B) (lo, hi int) {
+	spec := os.Getenv("ABPROXY_OVERHEAD_TOKENS")
+	if spec == "" {
+		return 64, 256
+	}
+	a, z, ok := strings.Cut(spec, "-")
+	lo, err1 := strconv.Atoi(a)
+	hi, err2 := strconv.Atoi(z)
+	if !ok || err1 != nil || err2 != nil || lo < 1 || hi < lo {
+		b.Fatalf("ABPROXY_OVERHEAD_TOKENS=%q: want LO-HI, such as 4-8", spec)
+	}
+	return lo, hi
 }
 
 func ovhLevels(b *testing.B) []ovhLevel {
@@ -451,7 +468,8 @@ func ovhRunLevel(b *testing.B, lv ovhLevel, targets []*ovhTarget, truth *ovhTrut
 	}
 	// Stagger the workers' first requests over up to a second (at most one
 	// mean request duration), as a load generator ramping up would.
-	meanE2E := 160 * step
+	lo, hi := ovhTokens(b)
+	meanE2E := time.Duration((lo+hi)/2) * step
 	stagger := min(time.Second, meanE2E)
 	if lv.streams == 1 {
 		stagger = 0
@@ -463,7 +481,7 @@ func ovhRunLevel(b *testing.B, lv ovhLevel, targets []*ovhTarget, truth *ovhTrut
 		for w := range tokens {
 			tokens[w] = make([]int, lv.perWorker)
 			for i := range tokens[w] {
-				tokens[w][i] = 64 + rng.IntN(193)
+				tokens[w][i] = lo + rng.IntN(hi-lo+1)
 			}
 		}
 		for k := range targets {

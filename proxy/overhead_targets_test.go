@@ -106,7 +106,7 @@ func ovhChildServe() int {
 	if _, err := rec.EnsureRun(recorder.Run{Name: "overhead", Kind: recorder.KindBench, StartedNS: time.Now().UnixNano()}); err != nil {
 		return fail(err)
 	}
-	p, err := proxy.New(proxy.Options{Config: cfg, Sink: rec, Logger: log.Named("proxy"), Run: "overhead"})
+	p, err := proxy.New(proxy.Options{Config: cfg, Sink: rec, Logger: log.Named("proxy"), Run: "overhead", GovernProcs: true})
 	if err != nil {
 		return fail(err)
 	}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/abproxy/abproxy/config"
 	"github.com/abproxy/abproxy/internal/fdtable"
+	"github.com/abproxy/abproxy/internal/procs"
 	"github.com/abproxy/abproxy/internal/reqid"
 	"github.com/abproxy/abproxy/internal/wire"
 	"github.com/abproxy/abproxy/recorder"
@@ -66,7 +67,20 @@ type Options struct {
 	Run string
 	// StoreBodies keeps prompt and output text in records.
 	StoreBodies bool
+	// GovernProcs lets the proxy set GOMAXPROCS as proxy.procs says: one
+	// P while quiet, every CPU under load (internal/procs). It is process
+	// wide: only one proxy in a process may have it, and `abproxy serve`
+	// does.
+	GovernProcs bool
 }
+
+// QuietStreams is the most requests in flight at which a governed proxy
+// runs one P (proxy.procs = 0). At one stream one P took 30-50 µs off the
+// request's way to the backend; at 4 streams the two were level in TTFT and
+// one P used a quarter less CPU; at 8 and 16 two Ps were ahead (the first
+// chunk waited behind the others' chunks), and at 200 one P was 2 ms behind
+// (docs/benchmarks.md, "One P while quiet").
+const QuietStreams = 4
 
 // Header names of the abproxy header contract.
 const (
@@ -102,6 +116,8 @@ type Proxy struct {
 	abortCh    chan struct{} // closed when the drain timeout cuts what is left
 	abortOnce  sync.Once
 
+	procs *procs.Governor // nil unless Options.GovernProcs
+
 	loops     []*wire.Loop[exchange]
 	loopsOnce sync.Once
 	loopNext  atomic.Uint32
@@ -136,6 +152,11 @@ func New(opts Options) (*Proxy, error) {
 		abortCh:    make(chan struct{}),
 	}
 	p.ids.Init()
+	if opts.GovernProcs {
+		p.procs = procs.Start(cfg.Proxy.Procs, QuietStreams, procs.DefaultHold, p.inflightN.Load, func(n int) {
+			log.Debug("scheduler procs changed", zap.Int("procs", n), zap.Int64("in_flight", p.inflightN.Load()))
+		})
+	}
 	// before any traffic: a table that grows under load stalls the process
 	if n, err := fdtable.Reserve(fdtable.Max); err != nil {
 		log.Warn("could not size the file descriptor table up front", zap.Error(err))
@@ -260,6 +281,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	for _, u := range p.upstreams {
 		u.closeIdle()
 	}
+	p.procs.Stop()
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		return fmt.Errorf("drain timeout: in-flight requests were cut")
 	}
@@ -362,7 +384,7 @@ func (p *Proxy) fail(ctx *fasthttp.RequestCtx, rec *recorder.Request, status int
 func (p *Proxy) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	start := now()
 	p.inflight.Add(1)
-	p.inflightN.Add(1)
+	p.procs.Note(p.inflightN.Add(1))
 	rec := p.newRecord(ctx, start)
 	rec.BytesIn = 0
 	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
@@ -392,7 +414,7 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	p.inflight.Add(1)
-	p.inflightN.Add(1)
+	p.procs.Note(p.inflightN.Add(1))
 	rec := p.newRecord(ctx, start)
 	if !bytes.HasPrefix(path, prefixV1) {
 		p.fail(ctx, rec, fasthttp.StatusNotFound, ErrNotFound, "not_found_error",

@@ -164,7 +164,7 @@ func runServe(ctx context.Context, f *serveFlags) error {
 	}
 	metrics := admin.NewMetrics(cfg.BackendNames())
 	p, err := proxy.New(proxy.Options{Config: cfg, Sink: rec, Logger: log.Named("proxy"), Run: runName, StoreBodies: cfg.Recorder.StoreBodies,
-		Observer: metrics})
+		Observer: metrics, GovernProcs: true})
 	if err != nil {
 		rec.Close()
 		return err
