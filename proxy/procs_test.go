@@ -32,26 +32,16 @@ func TestGovernedProcs(t *testing.T) {
 		io.WriteString(c, chunk("data: [DONE]\n\n")+"0\r\n\r\n")
 		c.Close()
 	})
-	cfg := config.Default()
-	cfg.Backends = []config.Backend{{Name: "held", URL: held}}
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	p, err := New(Options{Config: cfg, Sink: newMemSink(), Run: "test", GovernProcs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	go p.Serve(ln) //nolint:errcheck
+	_, p, _ := startProxyWith(t, ln, nil, func(o *Options) { o.GovernProcs = true }, config.Backend{Name: "held", URL: held})
 	shutdown := func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		_ = p.Shutdown(ctx)
+		_ = p.Shutdown(ctx) // again in startProxyWith's clean-up, which does nothing then
 	}
-	defer shutdown()
 	if got := runtime.GOMAXPROCS(0); got != 1 {
 		t.Fatalf("GOMAXPROCS %d on a quiet proxy, want 1", got)
 	}

@@ -61,6 +61,12 @@ func startProxy(t testing.TB, mod func(*config.Config), backends ...config.Backe
 // startProxyOn is startProxy on a given listener.
 func startProxyOn(t testing.TB, ln net.Listener, mod func(*config.Config), backends ...config.Backend) (string, *Proxy, *memSink) {
 	t.Helper()
+	return startProxyWith(t, ln, mod, nil, backends...)
+}
+
+// startProxyWith is startProxyOn with options changed by opt.
+func startProxyWith(t testing.TB, ln net.Listener, mod func(*config.Config), opt func(*Options), backends ...config.Backend) (string, *Proxy, *memSink) {
+	t.Helper()
 	cfg := config.Default()
 	cfg.Backends = backends
 	if mod != nil {
@@ -70,7 +76,11 @@ func startProxyOn(t testing.TB, ln net.Listener, mod func(*config.Config), backe
 		t.Fatal(err)
 	}
 	sink := newMemSink()
-	p, err := New(Options{Config: cfg, Sink: sink, Run: "test"})
+	opts := Options{Config: cfg, Sink: sink, Run: "test"}
+	if opt != nil {
+		opt(&opts)
+	}
+	p, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,12 +4,12 @@
 // Why: with a second P idle, the runtime wakes an idle thread to look for
 // work whenever it readies a goroutine, and on a small machine that thread
 // takes the CPU that the backend or the client needed at that moment. On
-// the 2-vCPU development VM this put abproxy about 0.03-0.1 ms behind
-// nginx on every request at one stream; with one P it was level
-// (docs/benchmarks.md, "One P while quiet"). With many streams the second
-// P is needed at once: each engine step delivers a chunk to every stream
-// together, and one P relays that burst serially (at 200 streams one P
-// trailed nginx by 2.2 ms).
+// the 2-vCPU development VM a request's way from the client to the backend
+// trailed nginx's by 47-56 µs at one stream with two Ps and by 4-19 µs
+// with one (docs/benchmarks.md, "One P while quiet"). With many streams
+// the second P is needed at once: each engine step delivers a chunk to
+// every stream together, and one P relays that burst alone (at 200
+// streams one P trailed nginx by 2.2 ms, two by 0.5 ms).
 package procs
 
 import (
@@ -26,7 +26,7 @@ const Interval = 100 * time.Millisecond
 
 // DefaultHold is how long the proxy must stay quiet before one P again:
 // long enough that a load going up and down does not switch back and forth
-// (each switch stops the world for a few microseconds).
+// (each switch stops the world for about 36 µs: BenchmarkSwitch).
 const DefaultHold = time.Second
 
 // Governor switches GOMAXPROCS between one and Max. The data plane calls
@@ -50,10 +50,10 @@ type Governor struct {
 // Start returns a running Governor. With n > 0 GOMAXPROCS is n until Stop.
 // With n == 0 it is one while at most quiet requests are in flight, and
 // every CPU as soon as more are, until they have been at most quiet again
-// for hold; inflight gives the number in flight now. It stays as it is, and the Governor does nothing, when the
-// GOMAXPROCS environment variable is set (the user chose) or there is one
-// CPU. onChange, if not nil, is called after each switch. Only one
-// Governor may run at a time.
+// for hold; inflight gives the number in flight now. With n == 0 and the
+// GOMAXPROCS environment variable set (the user chose), or on one CPU,
+// GOMAXPROCS is left alone. onChange, if not nil, is called after each
+// switch. Only one Governor may run at a time.
 func Start(n, quiet int, hold time.Duration, inflight func() int64, onChange func(procs int)) *Governor {
 	g := &Governor{restore: runtime.GOMAXPROCS(0), quiet: int64(quiet), onChange: onChange, inflight: inflight,
 		hold: max(1, int(hold/Interval)), wake: make(chan struct{}, 1), done: make(chan struct{})}
