@@ -88,6 +88,17 @@ func (c *Config) validate() error {
 			return err
 		}
 	}
+	// each scenario × level is a run of its own name: a repeat would fail
+	// only when its turn comes, after the runs before it
+	if v, ok := repeated(c.Scenarios); ok {
+		return fmt.Errorf("--traffic-scenario lists %q twice", v)
+	}
+	if v, ok := repeated(c.Concurrency); ok {
+		return fmt.Errorf("--num-concurrency lists %d twice", v)
+	}
+	if v, ok := repeated(c.RequestRates); ok {
+		return fmt.Errorf("--request-rate lists %v twice", v)
+	}
 	if len(c.RequestRates) > 0 {
 		if len(c.Concurrency) > 0 {
 			return errors.New("--num-concurrency and --request-rate exclude each other: cap an open-loop run with --max-concurrency")
@@ -175,4 +186,17 @@ func ParseMaxTime(s string) (time.Duration, error) {
 		return 0, fmt.Errorf("--max-time-per-run %q is neither minutes (30) nor a duration (90s, 1h)", s)
 	}
 	return d, nil
+}
+
+// repeated returns the first value that xs holds twice.
+func repeated[T comparable](xs []T) (T, bool) {
+	seen := make(map[T]bool, len(xs))
+	for _, x := range xs {
+		if seen[x] {
+			return x, true
+		}
+		seen[x] = true
+	}
+	var zero T
+	return zero, false
 }
