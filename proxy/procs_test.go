@@ -32,6 +32,16 @@ func TestGovernedProcs(t *testing.T) {
 		io.WriteString(c, chunk("data: [DONE]\n\n")+"0\r\n\r\n")
 		c.Close()
 	})
+	// a proxy that fails to start leaves GOMAXPROCS alone
+	bad := config.Default()
+	bad.Backends = []config.Backend{{Name: "held", URL: held}}
+	bad.Route.Mode = "sideways"
+	if _, err := New(Options{Config: bad, GovernProcs: true}); err == nil {
+		t.Fatal("New accepted route mode \"sideways\"")
+	}
+	if got := runtime.GOMAXPROCS(0); got != before {
+		t.Fatalf("GOMAXPROCS %d after a failed New, want %d", got, before)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -153,11 +153,6 @@ func New(opts Options) (*Proxy, error) {
 		abortCh:    make(chan struct{}),
 	}
 	p.ids.Init()
-	if opts.GovernProcs {
-		p.procs = procs.Start(cfg.Proxy.Procs, QuietStreams, procs.DefaultHold, p.inflightN.Load, func(n int) {
-			log.Debug("scheduler procs changed", zap.Int("procs", n), zap.Int64("in_flight", p.inflightN.Load()))
-		})
-	}
 	// before any traffic: a table that grows under load stalls the process
 	if n, err := fdtable.Reserve(fdtable.Max); err != nil {
 		log.Warn("could not size the file descriptor table up front", zap.Error(err))
@@ -191,6 +186,11 @@ func New(opts Options) (*Proxy, error) {
 		CloseOnShutdown:               true,
 		DisableHeaderNamesNormalizing: false,
 		Logger:                        fasthttpLogger{log},
+	}
+	if opts.GovernProcs { // last: nothing below can fail and leave GOMAXPROCS changed
+		p.procs = procs.Start(cfg.Proxy.Procs, QuietStreams, procs.DefaultHold, p.inflightN.Load, func(n int) {
+			log.Debug("scheduler procs changed", zap.Int("procs", n), zap.Int64("in_flight", p.inflightN.Load()))
+		})
 	}
 	return p, nil
 }
