@@ -143,13 +143,13 @@ func (c *Config) validate() error {
 	if len(c.Backends) > 2 {
 		return fmt.Errorf("--backend takes one or two names, got %d (%s)", len(c.Backends), strings.Join(c.Backends, ","))
 	}
-	for i, b := range c.Backends {
+	for _, b := range c.Backends {
 		if b == "" || strings.ContainsAny(b, "\r\n") {
 			return fmt.Errorf("--backend name %q is empty or has a line break", b)
 		}
-		if i == 1 && c.Backends[0] == b {
-			return fmt.Errorf("--backend names the same backend twice (%s)", b)
-		}
+	}
+	if b, ok := repeated(c.Backends); ok {
+		return fmt.Errorf("--backend names the same backend twice (%s)", b)
 	}
 	if strings.ContainsAny(c.RunName, "\r\n") {
 		return errors.New("--run-name must not contain a line break")

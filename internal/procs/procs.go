@@ -34,7 +34,6 @@ const DefaultHold = time.Second
 type Governor struct {
 	max, quiet int64 // P count when busy; most requests in flight for one P
 	hold       int   // quiet Intervals in a row before one P
-	fixed      bool  // GOMAXPROCS is set once and left alone
 	restore    int   // GOMAXPROCS before Start
 	onChange   func(procs int)
 	inflight   func() int64
@@ -60,11 +59,10 @@ func Start(n, quiet int, hold time.Duration, inflight func() int64, onChange fun
 	g.max = int64(g.restore)
 	switch {
 	case n > 0:
-		g.max, g.fixed = int64(n), true
+		g.max = int64(n)
 		runtime.GOMAXPROCS(n)
 		return g
 	case os.Getenv("GOMAXPROCS") != "" || g.max < 2:
-		g.fixed = true
 		return g
 	}
 	g.one.Store(true)
@@ -82,9 +80,6 @@ func (g *Governor) Max() int {
 	}
 	return int(g.max)
 }
-
-// Procs is the current P count.
-func (g *Governor) Procs() int { return runtime.GOMAXPROCS(0) }
 
 // Note tells the Governor that a request started with inflight requests in
 // flight, itself included. It never blocks; a nil Governor ignores it.
@@ -111,10 +106,11 @@ func (g *Governor) Stop() {
 	g.once.Do(func() {
 		close(g.done)
 		g.wg.Wait()
-		if g.fixed && int(g.max) == g.restore {
-			return
+		// only when changed: setting it also ends the runtime's own updates
+		// of GOMAXPROCS from the CPU limit
+		if runtime.GOMAXPROCS(0) != g.restore {
+			runtime.GOMAXPROCS(g.restore)
 		}
-		runtime.GOMAXPROCS(g.restore)
 	})
 }
 
@@ -128,39 +124,45 @@ func (g *Governor) run() {
 		case <-g.wake:
 		}
 		g.set(int(g.max))
-		// every P: back to one after hold without a busy moment
-		t := time.NewTicker(Interval)
-		for calm := 0; calm < g.hold; {
-			select {
-			case <-g.done:
-				t.Stop()
+		// every P until a calm hold is confirmed
+		for {
+			if !g.calm() {
 				return
-			case <-t.C:
 			}
-			if g.busy() {
-				calm = 0
-			} else {
-				calm++
+			select { // a wake-up sent while every P ran is stale
+			case <-g.wake:
+			default:
 			}
-		}
-		t.Stop()
-		select { // a wake-up sent while every P ran is stale
-		case <-g.wake:
-		default:
-		}
-		g.one.Store(true)
-		if g.busy() {
+			g.one.Store(true)
+			if !g.busy() {
+				break
+			}
 			// a request came between the last check and the store above,
 			// and saw every P running: it sent no wake-up
 			g.one.Store(false)
-			select {
-			case g.wake <- struct{}{}:
-			default: // a request's wake-up is there already
-			}
-			continue
 		}
 		g.set(1)
 	}
+}
+
+// calm waits until hold Intervals in a row have passed without a busy
+// moment; false when the Governor stops meanwhile.
+func (g *Governor) calm() bool {
+	t := time.NewTicker(Interval)
+	defer t.Stop()
+	for calm := 0; calm < g.hold; {
+		select {
+		case <-g.done:
+			return false
+		case <-t.C:
+		}
+		if g.busy() {
+			calm = 0
+		} else {
+			calm++
+		}
+	}
+	return true
 }
 
 // busy says whether more than quiet requests were in flight at some
