@@ -3,6 +3,7 @@ package proxy
 import (
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -33,6 +34,10 @@ type loopState struct {
 	slot     int32
 	attached bool
 	done     chan struct{} // closed by the loop when it lets go of the stream
+	// fresh: no content has reached the client yet. Read by the loop
+	// without mu to serve the stream's first token ahead of other
+	// streams' tokens in the same batch.
+	fresh atomic.Bool
 }
 
 // StreamsPerLoop: with proxy.event_loops = 0 new streams are spread over
@@ -71,7 +76,7 @@ func (p *Proxy) startLoops() {
 		n = 4 * p.loopsMin
 	}
 	for range n {
-		lp, err := wire.NewLoop(loopReady)
+		lp, err := wire.NewLoop(loopReady, loopFirst)
 		if err != nil {
 			p.log.Warn("event loops unavailable; each stream keeps its goroutine", zap.Error(err))
 			p.closeLoops()
@@ -112,6 +117,9 @@ func loopReady(x *exchange) {
 	l.mu.Unlock()
 }
 
+// loopFirst: x waits for its first token, which goes before other streams'.
+func loopFirst(x *exchange) bool { return x.ls.fresh.Load() }
+
 // detach takes the stream out of its loop; l.mu is held.
 func (x *exchange) detach() {
 	l := &x.ls
@@ -140,6 +148,7 @@ func (x *exchange) pumpInLoop(lp *wire.Loop[exchange], st *pumpState) {
 	}
 	if !done {
 		l.st, l.lp, l.done = st, lp, make(chan struct{})
+		l.fresh.Store(x.firstSent == 0)
 		l.mu.Lock()
 		c.looped = true
 		slot, err := lp.Add(c.fd, x)

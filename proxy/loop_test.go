@@ -7,12 +7,14 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/abproxy/abproxy/config"
+	"github.com/abproxy/abproxy/internal/wire"
 )
 
 // loopsAlways turns the loops on and puts every stream in one, however
@@ -211,6 +213,92 @@ func TestLoopsFollowStreams(t *testing.T) {
 	for _, n := range []int64{1, 100000} {
 		if got := used(q, n); got != 3 {
 			t.Errorf("event_loops = 3, %d in flight: new streams went to %d loops", n, got)
+		}
+	}
+}
+
+// In an event loop's batch, a stream's first token goes out before the
+// tokens of streams that already have theirs, though the backend wrote it
+// last: the kernel lists sockets in the order they became readable, so a
+// new request's first token would otherwise wait for the whole burst.
+func TestLoopServesFirstTokensFirst(t *testing.T) {
+	const k = 6 // k-1 streams with a first token, then one without
+	conns := make(chan net.Conn, k)
+	hold := make(chan struct{})
+	defer close(hold)
+	be := startFault(t, func(c net.Conn, _ *faultBackend) {
+		io.WriteString(c, sseHead)
+		conns <- c
+		<-hold
+		io.WriteString(c, chunk("data: [DONE]\n\n")+"0\r\n\r\n")
+	})
+	px, p, _ := startProxy(t, func(c *config.Config) { loopsAlways(c); c.Proxy.EventLoops = 1 },
+		config.Backend{Name: "b", URL: be})
+	addr := strings.TrimPrefix(px, "http://")
+	req := "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+	body := `{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true}`
+	clients := make([]*wire.RxReader, k)
+	ups := make([]net.Conn, k)
+	buf := make([]byte, 64<<10)
+	// readUntil reads c until it has seen n content events; the kernel
+	// receive time of the read that completed them
+	seen := make([]int, k)
+	readUntil := func(i, n int) int64 {
+		t.Helper()
+		c := clients[i]
+		for seen[i] < n {
+			m, rx, err := c.Read(buf)
+			if err != nil {
+				t.Fatalf("client %d: %v", i, err)
+			}
+			seen[i] += strings.Count(string(buf[:m]), `"content":"tok"`)
+			if seen[i] >= n {
+				return rx
+			}
+		}
+		return 0
+	}
+	for i := range k {
+		nc, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		nc.SetDeadline(time.Now().Add(10 * time.Second))
+		if clients[i] = wire.NewRxReader(nc); clients[i] == nil {
+			t.Skip("no kernel receive timestamps here")
+		}
+		fmt.Fprintf(nc, req, len(body), body)
+		select {
+		case ups[i] = <-conns:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("request %d did not reach the backend", i)
+		}
+		for deadline := time.Now().Add(5 * time.Second); p.loopStreams.Load() <= int64(i); {
+			if time.Now().After(deadline) {
+				t.Fatalf("stream %d did not join the loop", i)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		if i < k-1 { // its first token goes through the loop
+			io.WriteString(ups[i], chunk(contentEvent))
+			readUntil(i, 1)
+		}
+	}
+	// One P: the loop cannot run until every write below is done, so it
+	// finds all k sockets readable in one batch, the new one listed last.
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	for _, c := range ups {
+		io.WriteString(c, chunk(contentEvent))
+	}
+	var rx [k]int64
+	for i := range k {
+		rx[i] = readUntil(i, seen[i]+1)
+	}
+	for i := range k - 1 {
+		if rx[k-1] > rx[i] {
+			t.Fatalf("the new stream's first token reached its client %.0f µs after stream %d's token (arrivals %v)",
+				float64(rx[k-1]-rx[i])/1e3, i, rx)
 		}
 	}
 }

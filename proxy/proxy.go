@@ -1005,6 +1005,7 @@ func (x *exchange) pumpStep(st *pumpState) bool {
 			e := st.flush(x.p)
 			if x.firstSent == 0 && rec.FirstTokenNS != 0 {
 				x.firstSent = now()
+				x.ls.fresh.Store(false)
 			}
 			if e == errClientBusy {
 				st.busy = true

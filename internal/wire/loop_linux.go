@@ -23,11 +23,17 @@ import (
 // is empty (or a short read shows it was emptied), as a Session step does.
 // Ready may be called spuriously, after Remove or for a reused slot, and
 // must treat a read that finds nothing as normal.
+//
+// Within one batch, the streams First reports go before the rest: a
+// stream waiting for its first token should not queue behind a burst of
+// other streams' tokens, which the kernel lists first when the backend
+// writes new requests' tokens last.
 type Loop[T any] struct {
 	epfd   int
 	file   *os.File
 	raw    syscall.RawConn
 	ready  func(*T)
+	first  func(*T) bool
 	closed atomic.Bool
 
 	mu    sync.Mutex
@@ -38,7 +44,10 @@ type Loop[T any] struct {
 }
 
 // NewLoop creates an epoll set; Run must be called to deliver events.
-func NewLoop[T any](ready func(*T)) (*Loop[T], error) {
+// first (may be nil) picks the streams a batch serves first; it runs on
+// the loop goroutine without any lock of the stream's, so it must read
+// only what is safe to read concurrently.
+func NewLoop[T any](ready func(*T), first func(*T) bool) (*Loop[T], error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, os.NewSyscallError("epoll_create1", err)
@@ -54,7 +63,7 @@ func NewLoop[T any](ready func(*T)) (*Loop[T], error) {
 		f.Close()
 		return nil, err
 	}
-	return &Loop[T]{epfd: epfd, file: f, raw: raw, ready: ready, evs: make([]unix.EpollEvent, 256)}, nil
+	return &Loop[T]{epfd: epfd, file: f, raw: raw, ready: ready, first: first, evs: make([]unix.EpollEvent, 256)}, nil
 }
 
 // Add registers fd for reading; s's Ready runs on the loop goroutine when
@@ -118,6 +127,14 @@ func (l *Loop[T]) Run() error {
 				}
 			}
 			l.mu.Unlock()
+			if l.first != nil && len(l.batch) > 1 {
+				for i, s := range l.batch {
+					if s != nil && l.first(s) {
+						l.ready(s)
+						l.batch[i] = nil
+					}
+				}
+			}
 			for i, s := range l.batch {
 				if s != nil {
 					l.ready(s)

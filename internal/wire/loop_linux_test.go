@@ -3,13 +3,15 @@ package wire
 import (
 	"io"
 	"net"
+	"slices"
 	"testing"
 	"time"
 )
 
 type loopConn struct {
-	id int
-	rx *RxReader
+	id    int
+	rx    *RxReader
+	first bool
 }
 
 // The loop calls Ready for the socket that has bytes, keeps calling it for
@@ -33,7 +35,7 @@ func TestLoopDeliversUntilRemoved(t *testing.T) {
 				got <- c.id
 			}
 		}
-	})
+	}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,6 +102,65 @@ func TestLoopDeliversUntilRemoved(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Run did not return after Close")
+	}
+}
+
+// In one batch the streams First picks are served before the others,
+// whatever order the kernel reported them in.
+func TestLoopServesFirstAhead(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var order []int // only the loop goroutine appends
+	done := make(chan struct{})
+	const n = 6
+	lp, err := NewLoop(func(c *loopConn) {
+		buf := make([]byte, 64)
+		for {
+			if m, _, err := c.rx.ReadFD(c.rx.FD(), buf); err != nil || m == 0 {
+				break
+			}
+		}
+		order = append(order, c.id)
+		if len(order) == n {
+			close(done)
+		}
+	}, func(c *loopConn) bool { return c.first })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lp.Close()
+	for i := range n {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		lc := &loopConn{id: i, rx: NewRxReader(s), first: i == 2 || i == 5}
+		if _, err := lp.Add(lc.rx.FD(), lc); err != nil {
+			t.Fatal(err)
+		}
+		// readable in id order before Run starts: one batch, kernel order 0..5
+		if _, err := c.Write([]byte{1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(20 * time.Millisecond) // let loopback deliver every byte
+	go lp.Run()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("served %v of %d streams", order, n)
+	}
+	if want := []int{2, 5, 0, 1, 3, 4}; !slices.Equal(order, want) {
+		t.Fatalf("served in order %v, want %v", order, want)
 	}
 }
 

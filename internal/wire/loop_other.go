@@ -9,7 +9,7 @@ import "errors"
 type Loop[T any] struct{}
 
 // NewLoop fails outside Linux.
-func NewLoop[T any](func(*T)) (*Loop[T], error) {
+func NewLoop[T any](func(*T), func(*T) bool) (*Loop[T], error) {
 	return nil, errors.New("event loop needs Linux")
 }
 
