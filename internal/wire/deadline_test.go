@@ -9,7 +9,7 @@ import (
 )
 
 // loopbackPair returns both ends of a TCP connection over loopback.
-func loopbackPair(t *testing.T) (client, server net.Conn) {
+func loopbackPair(t testing.TB) (client, server net.Conn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -176,9 +176,9 @@ func epollWait(epfd uintptr, evs []unix.EpollEvent) (int, error) {
 // TryWrite is one non-blocking write(2) of p: it returns how much the
 // socket took and ErrWouldBlock when its send buffer is full.
 func (r *RxReader) TryWrite(p []byte) (int, error) {
-	var written int
-	var werr error
-	err := r.raw.Control(func(fd uintptr) { werr = writeFrom(fd, p, &written) })
+	r.w.start(p)
+	err := r.raw.Control(r.w.try)
+	written, werr := r.w.end()
 	switch {
 	case err != nil:
 		return written, err

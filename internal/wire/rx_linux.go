@@ -23,6 +23,30 @@ type RxReader struct {
 	c   net.Conn
 	raw syscall.RawConn
 	oob []byte
+	w   rxWrite
+	rd  rxRead
+}
+
+// rxRead is Read's state, bound once like rxWrite's; one reader at a time.
+type rxRead struct {
+	p    []byte
+	n    int
+	rxNS int64
+	err  error
+	fn   func(fd uintptr) bool
+}
+
+// rxWrite is a write's state, which the callbacks given to the RawConn
+// share with Write and TryWrite. Bound once per connection, so that a
+// write allocates nothing: a closure over a write's locals escapes to the
+// heap through the RawConn interface, three allocations per chunk. One
+// writer at a time, as for any net.Conn write that must not interleave.
+type rxWrite struct {
+	p       []byte
+	written int
+	err     error
+	try     func(fd uintptr)      // one non-blocking attempt (TryWrite)
+	wait    func(fd uintptr) bool // until written or failed (Write)
 }
 
 // NewRxReader enables kernel receive timestamps on c; nil if unsupported.
@@ -41,7 +65,33 @@ func NewRxReader(c net.Conn) *RxReader {
 	}); err != nil || serr != nil {
 		return nil
 	}
-	return &RxReader{c: c, raw: raw, oob: make([]byte, unix.CmsgSpace(16))}
+	r := &RxReader{c: c, raw: raw, oob: make([]byte, unix.CmsgSpace(16))}
+	rd := &r.rd
+	rd.fn = func(fd uintptr) bool {
+		rd.n, rd.rxNS, rd.err = r.ReadFD(fd, rd.p)
+		return rd.err != ErrWouldBlock
+	}
+	w := &r.w
+	w.try = func(fd uintptr) { w.err = writeFrom(fd, w.p, &w.written) }
+	w.wait = func(fd uintptr) bool {
+		w.err = writeFrom(fd, w.p, &w.written)
+		if w.err == unix.EAGAIN {
+			w.err = nil
+			return false // wait until writable
+		}
+		return true
+	}
+	return r
+}
+
+// start readies the write state for p; end returns what was written and
+// drops the reference to p.
+func (w *rxWrite) start(p []byte) { w.p, w.written, w.err = p, 0, nil }
+
+func (w *rxWrite) end() (int, error) {
+	n, err := w.written, w.err
+	w.p, w.err = nil, nil
+	return n, err
 }
 
 // Read fills p and returns the kernel's receive time of the data in Unix
@@ -50,14 +100,14 @@ func (r *RxReader) Read(p []byte) (n int, rxNS int64, err error) {
 	if len(p) == 0 {
 		return 0, 0, nil
 	}
-	var rerr error
-	err = r.raw.Read(func(fd uintptr) bool {
-		n, rxNS, rerr = r.ReadFD(fd, p)
-		return rerr != ErrWouldBlock
-	})
+	rd := &r.rd
+	rd.p = p
+	err = r.raw.Read(rd.fn)
+	n, rxNS = rd.n, rd.rxNS
 	if err == nil {
-		err = rerr
+		err = rd.err
 	}
+	rd.p, rd.err = nil, nil
 	return n, rxNS, err
 }
 
@@ -141,16 +191,9 @@ func (r *RxReader) Write(p []byte) (int, error) {
 	if !rawSyscalls {
 		return r.c.Write(p)
 	}
-	var written int
-	var werr error
-	err := r.raw.Write(func(fd uintptr) bool {
-		werr = writeFrom(fd, p, &written)
-		if werr == unix.EAGAIN {
-			werr = nil
-			return false // wait until writable
-		}
-		return true
-	})
+	r.w.start(p)
+	err := r.raw.Write(r.w.wait)
+	written, werr := r.w.end()
 	if werr != nil {
 		err = os.NewSyscallError("write", werr)
 	}

@@ -54,3 +54,58 @@ func TestRxReaderWriteReportsAReset(t *testing.T) {
 		t.Fatalf("write after reset: %v (%T), want a *net.OpError", err, err)
 	}
 }
+
+// drainPeer reads s until it is closed, so that writes to its peer never
+// find the send buffer full.
+func drainPeer(s net.Conn) { go io.Copy(io.Discard, s) }
+
+// A write that the socket takes at once, and a read, allocate nothing: a
+// write runs once per chunk relayed.
+func TestRxWritesDoNotAllocate(t *testing.T) {
+	if !rawSyscalls {
+		t.Skip("under the race detector the socket calls go through the syscall package")
+	}
+	c, s := loopbackPair(t)
+	drainPeer(s)
+	rc := NewRxConn(c)
+	if rc == nil {
+		t.Skip("no kernel timestamps on this system")
+	}
+	p := []byte("data: {}\n\n")
+	for name, write := range map[string]func([]byte) (int, error){"Write": rc.Write, "TryWrite": rc.TryWrite} {
+		if a := testing.AllocsPerRun(200, func() { write(p) }); a != 0 {
+			t.Errorf("%s allocates %.0f times per call", name, a)
+		}
+	}
+	buf := make([]byte, 64)
+	read := func() {
+		s.Write(p[:1])
+		if _, _, err := rc.rx.Read(buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read() // the first read sets up the poller
+	if a := testing.AllocsPerRun(100, read); a != 0 {
+		t.Errorf("Read allocates %.0f times per call", a)
+	}
+}
+
+// BenchmarkRxWrite is one small write through RxConn.Write and TryWrite.
+func BenchmarkRxWrite(b *testing.B) {
+	c, s := loopbackPair(b)
+	drainPeer(s)
+	rc := NewRxConn(c)
+	p := bytes.Repeat([]byte("x"), 200)
+	b.Run("Write", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			rc.Write(p)
+		}
+	})
+	b.Run("TryWrite", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			rc.TryWrite(p)
+		}
+	})
+}
