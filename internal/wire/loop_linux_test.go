@@ -14,6 +14,23 @@ type loopConn struct {
 	first bool
 }
 
+// dialAccepted connects to ln and returns both ends, closed at the
+// test's end.
+func dialAccepted(t *testing.T, ln net.Listener) (client, server net.Conn) {
+	t.Helper()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return c, s
+}
+
 // The loop calls Ready for the socket that has bytes, keeps calling it for
 // later bytes (edge-triggered: after each read that empties it), stops
 // after Remove, and Run returns nil after Close.
@@ -47,16 +64,7 @@ func TestLoopDeliversUntilRemoved(t *testing.T) {
 	var conns []*loopConn
 	var slots []int32
 	for i := range n {
-		c, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		s, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close()
+		c, s := dialAccepted(t, ln)
 		lc := &loopConn{id: i, rx: NewRxReader(s)}
 		slot, err := lp.Add(lc.rx.FD(), lc)
 		if err != nil {
@@ -133,16 +141,7 @@ func TestLoopServesFirstAhead(t *testing.T) {
 	}
 	defer lp.Close()
 	for i := range n {
-		c, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		s, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close()
+		c, s := dialAccepted(t, ln)
 		lc := &loopConn{id: i, rx: NewRxReader(s), first: i == 2 || i == 5}
 		if _, err := lp.Add(lc.rx.FD(), lc); err != nil {
 			t.Fatal(err)
