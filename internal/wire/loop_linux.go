@@ -24,10 +24,10 @@ import (
 // Ready may be called spuriously, after Remove or for a reused slot, and
 // must treat a read that finds nothing as normal.
 //
-// Within one batch, the streams First reports go before the rest: a
-// stream waiting for its first token should not queue behind a burst of
-// other streams' tokens, which the kernel lists first when the backend
-// writes new requests' tokens last.
+// Within one batch, the streams that NewLoop's first picks go before the
+// rest: a stream waiting for its first token should not queue behind a
+// burst of other streams' tokens, which the kernel lists first when the
+// backend writes new requests' tokens last.
 type Loop[T any] struct {
 	epfd   int
 	file   *os.File
