@@ -98,8 +98,7 @@ type Proxy struct {
 	// DrainTimeout is how long in-flight streams may run after SIGINT/SIGTERM.
 	DrainTimeout Duration `toml:"drain_timeout"`
 	// EventLoops is how many goroutines relay streams once their headers
-	// are through: 0 is one per CPU, spreading new streams over up to four
-	// per CPU as requests in flight grow (proxy.StreamsPerLoop); -1 keeps a
+	// are through: 0 is one per CPU (GOMAXPROCS under load), -1 keeps a
 	// goroutine per stream.
 	EventLoops int `toml:"event_loops"`
 	// EventLoopMinStreams: a stream joins a loop only while at least this
@@ -165,7 +164,7 @@ func (d *Duration) UnmarshalText(b []byte) error {
 // MarshalText writes the duration as a Go duration string.
 func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
 
-// DefaultEventLoops is proxy.event_loops when unset: one loop per CPU, more as streams grow.
+// DefaultEventLoops is proxy.event_loops when unset: one loop per CPU.
 // At 1,000 streams the loops cut the CPU the proxy spends above nginx's by
 // a third and most of its added TTFT (docs/benchmarks.md, "Event loops").
 const DefaultEventLoops = 0

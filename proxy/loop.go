@@ -40,28 +40,14 @@ type loopState struct {
 	fresh atomic.Bool
 }
 
-// StreamsPerLoop: with proxy.event_loops = 0 new streams are spread over
-// one loop per this many requests in flight, at least one loop per CPU and
-// at most four. Smaller batches per loop shorten a new stream's wait for
-// its first token behind an engine step's burst: at 1,000 streams on 2
-// CPUs, 8 loops trailed nginx's hop TTFT p50 by -0.24 to +0.46 ms in three
-// runs where 2 loops trailed it by +0.54 to +2.25 ms; at 200 streams 8
-// loops cost 1.24x nginx's CPU per chunk against 1.13x for 2
-// (docs/benchmarks.md, "Event loops by streams in flight").
-const StreamsPerLoop = 125
-
 // loop returns the event loop for the next stream, starting the loops on
 // first use; nil when the proxy runs a goroutine per stream.
 func (p *Proxy) loop() *wire.Loop[exchange] {
 	p.loopsOnce.Do(p.startLoops)
-	n := len(p.loops)
-	if n == 0 {
+	if len(p.loops) == 0 {
 		return nil
 	}
-	if p.loopsMin < n {
-		n = min(n, max(p.loopsMin, int(p.inflightN.Load()/StreamsPerLoop)))
-	}
-	return p.loops[p.loopNext.Add(1)%uint32(n)]
+	return p.loops[p.loopNext.Add(1)%uint32(len(p.loops))]
 }
 
 func (p *Proxy) startLoops() {
@@ -69,11 +55,13 @@ func (p *Proxy) startLoops() {
 	if n < 0 {
 		return
 	}
-	p.loopsMin = n
 	if n == 0 {
-		// one per CPU under load (not while quiet), up to four by streams
-		p.loopsMin = p.procs.Max()
-		n = 4 * p.loopsMin
+		// One per CPU under load (not while quiet). More loops were worth
+		// having at 1,000 streams only while a new stream's first token
+		// waited behind its loop's batch; with first tokens served first,
+		// 2 loops on 2 CPUs beat 8 at TTFT p99 in five pairs of runs
+		// (docs/benchmarks.md, "First tokens first").
+		n = p.procs.Max()
 	}
 	for range n {
 		lp, err := wire.NewLoop(loopReady, loopFirst)

@@ -119,7 +119,6 @@ type Proxy struct {
 	procs *procs.Governor // nil unless Options.GovernProcs
 
 	loops     []*wire.Loop[exchange]
-	loopsMin  int // loops in use below StreamsPerLoop streams per loop
 	loopsOnce sync.Once
 	loopNext  atomic.Uint32
 	loopWG    sync.WaitGroup
