@@ -3,7 +3,6 @@ package proxy
 import (
 	"os"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -34,10 +33,6 @@ type loopState struct {
 	slot     int32
 	attached bool
 	done     chan struct{} // closed by the loop when it lets go of the stream
-	// fresh: no content has reached the client yet. Read by the loop
-	// without mu to serve the stream's first token ahead of other
-	// streams' tokens in the same batch.
-	fresh atomic.Bool
 }
 
 // loop returns the event loop for the next stream, starting the loops on
@@ -106,7 +101,7 @@ func loopReady(x *exchange) {
 }
 
 // loopFirst: x waits for its first token, which goes before other streams'.
-func loopFirst(x *exchange) bool { return x.ls.fresh.Load() }
+func loopFirst(x *exchange) bool { return x.firstSent.Load() == 0 }
 
 // detach takes the stream out of its loop; l.mu is held.
 func (x *exchange) detach() {
@@ -136,7 +131,6 @@ func (x *exchange) pumpInLoop(lp *wire.Loop[exchange], st *pumpState) {
 	}
 	if !done {
 		l.st, l.lp, l.done = st, lp, make(chan struct{})
-		l.fresh.Store(x.firstSent == 0)
 		l.mu.Lock()
 		c.looped = true
 		slot, err := lp.Add(c.fd, x)

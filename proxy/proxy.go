@@ -498,8 +498,10 @@ type exchange struct {
 	pr      *io.PipeReader
 	pair    *pair // set when the request is mirrored
 	// firstSent is when the write carrying the first content chunk to the
-	// client returned (for the proxy's added-latency metric)
-	firstSent int64
+	// client returned (for the proxy's added-latency metric). Atomic: an
+	// event loop reads it without the stream's lock to serve streams still
+	// waiting for their first token first (loopFirst).
+	firstSent atomic.Int64
 	// doneNS is when data: [DONE] arrived: the stream's end (DESIGN.md),
 	// not the chunked terminator behind it, which a backend writes
 	// separately and a busy one may send milliseconds later
@@ -768,7 +770,7 @@ func (x *exchange) done() {
 			return // the pair submits the shadow's record
 		}
 	}
-	x.p.finishObserved(rec, x.firstSent)
+	x.p.finishObserved(rec, x.firstSent.Load())
 }
 
 // The exchange is the response body stream handed to fasthttp. Because it
@@ -1002,9 +1004,8 @@ func (x *exchange) pumpStep(st *pumpState) bool {
 		}
 		if len(st.out) > frameHead || st.last { // an empty write would end the chunked body
 			e := st.flush(x.p)
-			if x.firstSent == 0 && rec.FirstTokenNS != 0 {
-				x.firstSent = now()
-				x.ls.fresh.Store(false)
+			if rec.FirstTokenNS != 0 && x.firstSent.Load() == 0 {
+				x.firstSent.Store(now())
 			}
 			if e == errClientBusy {
 				st.busy = true
