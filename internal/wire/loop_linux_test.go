@@ -3,7 +3,9 @@ package wire
 import (
 	"io"
 	"net"
+	"runtime"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -160,6 +162,67 @@ func TestLoopServesFirstAhead(t *testing.T) {
 	}
 	if want := []int{2, 5, 0, 1, 3, 4}; !slices.Equal(order, want) {
 		t.Fatalf("served in order %v, want %v", order, want)
+	}
+}
+
+// A loop with a burst of more than loopSlice streams yields between
+// slices: a goroutine the network readied during the burst runs before the
+// burst is through, even with one P, and the rest of the burst is still
+// served (the loop's kick brings it back).
+func TestLoopYieldsDuringABurst(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	// a goroutine parked in the runtime's poller, readied by the loop's first Ready
+	wake, other := dialAccepted(t, ln)
+	ranAt := make(chan int64, 1)
+	var served atomic.Int64
+	go func() {
+		other.Read(make([]byte, 1))
+		ranAt <- served.Load()
+	}()
+	n := 3 * loopSlice
+	done := make(chan struct{})
+	lp, err := NewLoop(func(c *loopConn) {
+		buf := make([]byte, 64)
+		for {
+			if m, _, err := c.rx.ReadFD(c.rx.FD(), buf); err != nil || m == 0 {
+				break
+			}
+		}
+		if served.Add(1) == 1 {
+			wake.Write([]byte{1})
+		}
+		if served.Load() == int64(n) {
+			close(done)
+		}
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lp.Close()
+	for i := range n {
+		c, s := dialAccepted(t, ln)
+		lc := &loopConn{id: i, rx: NewRxReader(s)}
+		if _, err := lp.Add(lc.rx.FD(), lc); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Write([]byte{1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(20 * time.Millisecond) // every byte delivered, the reader parked
+	go lp.Run()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("the loop served %d of %d streams", served.Load(), n)
+	}
+	if at := <-ranAt; at >= int64(n) {
+		t.Fatalf("the readied goroutine ran after the whole burst (%d of %d served); want it to run between slices of %d", at, n, loopSlice)
 	}
 }
 
