@@ -425,6 +425,7 @@ type ovhStats struct {
 	hopTTFT, hopE2E []float64 // time spent outside the sim, ms (see report)
 	simTTFT, simE2E []float64 // the sim's own received -> first content / last byte written, ms
 	hopUp, hopDown  []float64 // client send -> sim received; sim first content written -> client received, ms
+	hopEnd          []float64 // sim last byte written -> client received the end, ms
 	// hop times again by round, for intervals that resample whole rounds
 	hopTTFTRounds, hopE2ERounds [][]float64
 	rounds                      int
@@ -601,6 +602,7 @@ func (st *ovhStats) fillHops(truth *ovhTruth) {
 		st.simTTFT = append(st.simTTFT, float64(tr.FirstContentNS-tr.ReceivedNS)/1e6)
 		st.hopUp = append(st.hopUp, float64(up)/1e6)
 		st.hopDown = append(st.hopDown, float64(r.firstNS-tr.FirstContentNS)/1e6)
+		st.hopEnd = append(st.hopEnd, float64(r.endNS-tr.EndNS)/1e6)
 		st.simE2E = append(st.simE2E, float64(tr.EndNS-tr.ReceivedNS)/1e6)
 		for len(st.hopTTFTRounds) <= r.round {
 			st.hopTTFTRounds, st.hopE2ERounds = append(st.hopTTFTRounds, nil), append(st.hopE2ERounds, nil)
@@ -682,11 +684,19 @@ func (r *ovhLevelResult) table() string {
 			st.chunksPerSec(), ovhPct(st.hopTTFT, 50), ovhPct(st.hopTTFT, 99),
 			cpuPer1k(st.procTicks, st.chunks), r.mem[name], st.otherPct())
 	}
-	fmt.Fprintf(&sb, "hop E2E p50/p99 direct %.3f/%.3f, nginx %.3f/%.3f, abproxy %.3f/%.3f ms; hop TTFT p50 split request way / first-chunk way: direct %.3f/%.3f, nginx %.3f/%.3f, abproxy %.3f/%.3f ms\n",
-		ovhPct(d.hopE2E, 50), ovhPct(d.hopE2E, 99), ovhPct(r.stats["nginx"].hopE2E, 50), ovhPct(r.stats["nginx"].hopE2E, 99),
-		ovhPct(r.stats["abproxy"].hopE2E, 50), ovhPct(r.stats["abproxy"].hopE2E, 99),
-		ovhPct(d.hopUp, 50), ovhPct(d.hopDown, 50), ovhPct(r.stats["nginx"].hopUp, 50), ovhPct(r.stats["nginx"].hopDown, 50),
-		ovhPct(r.stats["abproxy"].hopUp, 50), ovhPct(r.stats["abproxy"].hopDown, 50))
+	// the hop split into its ways, so that a gap can be placed: the
+	// request's way up, the first content chunk's way down, the end's way down
+	sb.WriteString("hop p50/p99 in ms, E2E and its ways (request up; first chunk down; end down):")
+	for _, name := range ovhTargetNames {
+		st := r.stats[name]
+		fmt.Fprintf(&sb, " %s E2E %.3f/%.3f (%.3f/%.3f; %.3f/%.3f; %.3f/%.3f)", name,
+			ovhPct(st.hopE2E, 50), ovhPct(st.hopE2E, 99), ovhPct(st.hopUp, 50), ovhPct(st.hopUp, 99), ovhPct(st.hopDown, 50), ovhPct(st.hopDown, 99),
+			ovhPct(st.hopEnd, 50), ovhPct(st.hopEnd, 99))
+		if name != ovhTargetNames[len(ovhTargetNames)-1] {
+			sb.WriteString(",")
+		}
+	}
+	sb.WriteString("\n")
 	sb.WriteString(r.versus() + "\n")
 	fmt.Fprintf(&sb, "sim-internal TTFT p50 %.3f / %.3f / %.3f ms, E2E p50 %.1f / %.1f / %.1f ms; client+sim process CPU per 1k chunks: direct %.1f, nginx %.1f, abproxy %.1f ms; mean streams in flight: direct %.0f, nginx %.0f, abproxy %.0f; truth misses %d/%d/%d\n",
 		ovhPct(d.simTTFT, 50), ovhPct(r.stats["nginx"].simTTFT, 50), ovhPct(r.stats["abproxy"].simTTFT, 50),
