@@ -170,9 +170,11 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil
 const DefaultEventLoops = 0
 
 // DefaultEventLoopMinStreams is proxy.event_loop_min_streams when unset:
-// at one stream a loop cost 5-25 % more CPU per chunk than a goroutine, at
-// 200 the two were level, at 1,000 the loops were ahead (docs/benchmarks.md).
-const DefaultEventLoopMinStreams = 64
+// at one stream a loop cost 5-25 % more CPU per chunk than a goroutine; at
+// 16 streams loops put hop TTFT p50 at +0.02 ms against nginx, goroutines
+// at +0.06 to +0.11; at 200 and 1,000 the loops were ahead
+// (docs/benchmarks.md, "Yielding between slices").
+const DefaultEventLoopMinStreams = 8
 
 // Default returns the configuration used when no file is given: one
 // simulated baseline backend on the port the reference study used.

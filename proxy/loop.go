@@ -22,7 +22,7 @@ import (
 // once gets the stream back on its own goroutine, which may wait.
 //
 // A loop's wake-up is a wake-up of its own plus an epoll_wait, so a loop
-// pays off only when many sockets become readable together: a stream joins
+// pays off only when several sockets become readable together: a stream joins
 // one only while proxy.event_loop_min_streams requests are in flight.
 
 // loopState is an exchange's part in an event loop.

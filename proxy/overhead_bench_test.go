@@ -44,6 +44,7 @@ import (
 //	                                        of the re-executed test binary
 //	ABPROXY_OVERHEAD_CHILD_ENV=K=V,...      extra environment for abproxy (GOMAXPROCS=1)
 //	ABPROXY_OVERHEAD_EVENT_LOOPS=N          abproxy's proxy.event_loops (-1: a goroutine per stream)
+//	ABPROXY_OVERHEAD_LOOP_MIN_STREAMS=N     abproxy's proxy.event_loop_min_streams
 //	ABPROXY_OVERHEAD_PPROF=ADDR             serve net/http/pprof from abproxy on ADDR
 //	ABPROXY_OVERHEAD_KEEPDB=PATH            abproxy's SQLite file (default: a temp dir)
 //

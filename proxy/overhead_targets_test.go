@@ -41,9 +41,10 @@ const (
 	ovhBackendEnv = "ABPROXY_OVERHEAD_BACKEND" // child: backend URL
 	ovhDBEnv      = "ABPROXY_OVERHEAD_DB"      // child: SQLite path
 	ovhProfileEnv = "ABPROXY_OVERHEAD_CPUPROFILE"
-	ovhPprofEnv   = "ABPROXY_OVERHEAD_PPROF"       // child: serve net/http/pprof on this address
-	ovhConfigEnv  = "ABPROXY_OVERHEAD_CONFIG"      // child: config file, in place of the three above
-	ovhLoopsEnv   = "ABPROXY_OVERHEAD_EVENT_LOOPS" // child: proxy.event_loops
+	ovhPprofEnv   = "ABPROXY_OVERHEAD_PPROF"            // child: serve net/http/pprof on this address
+	ovhConfigEnv  = "ABPROXY_OVERHEAD_CONFIG"           // child: config file, in place of the three above
+	ovhLoopsEnv   = "ABPROXY_OVERHEAD_EVENT_LOOPS"      // child: proxy.event_loops
+	ovhLoopMinEnv = "ABPROXY_OVERHEAD_LOOP_MIN_STREAMS" // child: proxy.event_loop_min_streams
 )
 
 func init() {
@@ -90,6 +91,13 @@ func ovhChildServe() int {
 			return fail(fmt.Errorf("%s=%q is not an integer", ovhLoopsEnv, v))
 		}
 		cfg.Proxy.EventLoops = n
+	}
+	if v := os.Getenv(ovhLoopMinEnv); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return fail(fmt.Errorf("%s=%q is not an integer", ovhLoopMinEnv, v))
+		}
+		cfg.Proxy.EventLoopMinStreams = n
 	}
 	if err := cfg.Validate(); err != nil {
 		return fail(err)
