@@ -85,19 +85,14 @@ func ovhChildServe() int {
 		cfg.Recorder.Path = os.Getenv(ovhDBEnv)
 		cfg.Backends = []config.Backend{{Name: "sim", URL: os.Getenv(ovhBackendEnv)}}
 	}
-	if v := os.Getenv(ovhLoopsEnv); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			return fail(fmt.Errorf("%s=%q is not an integer", ovhLoopsEnv, v))
+	for env, dst := range map[string]*int{ovhLoopsEnv: &cfg.Proxy.EventLoops, ovhLoopMinEnv: &cfg.Proxy.EventLoopMinStreams} {
+		if v := os.Getenv(env); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return fail(fmt.Errorf("%s=%q is not an integer", env, v))
+			}
+			*dst = n
 		}
-		cfg.Proxy.EventLoops = n
-	}
-	if v := os.Getenv(ovhLoopMinEnv); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			return fail(fmt.Errorf("%s=%q is not an integer", ovhLoopMinEnv, v))
-		}
-		cfg.Proxy.EventLoopMinStreams = n
 	}
 	if err := cfg.Validate(); err != nil {
 		return fail(err)
