@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/abproxy/abproxy/internal/testutil"
 	"github.com/abproxy/abproxy/sim"
 )
 
@@ -210,7 +211,7 @@ func TestTimestampAccuracy(t *testing.T) {
 	if testing.Short() {
 		t.Skip("timing test; skipped with -short")
 	}
-	if raceEnabled {
+	if testutil.Race {
 		t.Skip("timing test; the race detector slows the client ~10x")
 	}
 	s, acc := perfRun(t, 32, 20, 3*time.Second, 50*time.Millisecond)
