@@ -205,9 +205,8 @@ func TestLoopCount(t *testing.T) {
 	}
 }
 
-// In an event loop's batch, a stream's first token goes out before the
-// tokens of streams that already have theirs, though the backend wrote it
-// last: the kernel lists sockets in the order they became readable, so a
+// In an event loop, a stream's first token goes out before the tokens of
+// streams that already have theirs, though the backend wrote it last: the kernel lists sockets in the order they became readable, so a
 // new request's first token would otherwise wait for the whole burst.
 func TestLoopServesFirstTokensFirst(t *testing.T) {
 	const k = 6 // k-1 streams with a first token, then one without

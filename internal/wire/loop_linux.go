@@ -220,9 +220,10 @@ func (l *Loop[T]) Close() error {
 }
 
 // loopSlice is how many queued streams a loop serves between yields. At
-// 1,000 streams, 32 put a new request's way to the backend at 0.6–0.7×
-// nginx's (it was 1.0–1.2× without yields); 16 costs more CPU in kicks,
-// 64 and 128 let requests wait longer (docs/benchmarks.md, "Yielding").
+// 1,000 streams, yielding put a new request's way to the backend at
+// 0.6–0.7× nginx's (1.1–1.2× without); slices of 16, 64 and 128 were level
+// with 32 at p50, and 32 had the shortest request-way p99
+// (docs/benchmarks.md, "Yielding between slices").
 const loopSlice = 32
 
 // epollWait is a non-blocking epoll_wait.

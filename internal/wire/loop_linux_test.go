@@ -16,6 +16,27 @@ type loopConn struct {
 	first bool
 }
 
+// loopListener listens on loopback until the test ends.
+func loopListener(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// drain reads the socket until it is empty, as a Ready must.
+func (c *loopConn) drain() {
+	buf := make([]byte, 64)
+	for {
+		if m, _, err := c.rx.ReadFD(c.rx.FD(), buf); err != nil || m == 0 {
+			return
+		}
+	}
+}
+
 // dialAccepted connects to ln and returns both ends, closed at the
 // test's end.
 func dialAccepted(t *testing.T, ln net.Listener) (client, server net.Conn) {
@@ -37,11 +58,7 @@ func dialAccepted(t *testing.T, ln net.Listener) (client, server net.Conn) {
 // later bytes (edge-triggered: after each read that empties it), stops
 // after Remove, and Run returns nil after Close.
 func TestLoopDeliversUntilRemoved(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	ln := loopListener(t)
 	got := make(chan int, 100)
 	lp, err := NewLoop(func(c *loopConn) {
 		buf := make([]byte, 64)
@@ -118,21 +135,12 @@ func TestLoopDeliversUntilRemoved(t *testing.T) {
 // In one batch the streams First picks are served before the others,
 // whatever order the kernel reported them in.
 func TestLoopServesFirstAhead(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	ln := loopListener(t)
 	var order []int // only the loop goroutine appends
 	done := make(chan struct{})
 	const n = 6
 	lp, err := NewLoop(func(c *loopConn) {
-		buf := make([]byte, 64)
-		for {
-			if m, _, err := c.rx.ReadFD(c.rx.FD(), buf); err != nil || m == 0 {
-				break
-			}
-		}
+		c.drain()
 		order = append(order, c.id)
 		if len(order) == n {
 			close(done)
@@ -171,11 +179,7 @@ func TestLoopServesFirstAhead(t *testing.T) {
 // served (the loop's kick brings it back).
 func TestLoopYieldsDuringABurst(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	ln := loopListener(t)
 	// a goroutine parked in the runtime's poller, readied by the loop's first Ready
 	wake, other := dialAccepted(t, ln)
 	ranAt := make(chan int64, 1)
@@ -187,12 +191,7 @@ func TestLoopYieldsDuringABurst(t *testing.T) {
 	n := 3 * loopSlice
 	done := make(chan struct{})
 	lp, err := NewLoop(func(c *loopConn) {
-		buf := make([]byte, 64)
-		for {
-			if m, _, err := c.rx.ReadFD(c.rx.FD(), buf); err != nil || m == 0 {
-				break
-			}
-		}
+		c.drain()
 		if served.Add(1) == 1 {
 			wake.Write([]byte{1})
 		}
