@@ -91,7 +91,8 @@ func BenchmarkPumpEvents(b *testing.B) {
 }
 
 // BenchmarkTapEvent compares the tap's byte-scan fast path with the full
-// JSON parse on one ordinary content event, both from the raw event.
+// JSON parse on one ordinary content event, both from the raw event, and
+// times the fast path on the role chunk and on a token with an escape.
 func BenchmarkTapEvent(b *testing.B) {
 	ev := []byte("data: " + vllmChat + "\n\n")
 	t := newTap()
@@ -104,6 +105,22 @@ func BenchmarkTapEvent(b *testing.B) {
 			}
 		}
 	})
+	// the role chunk and an escaped token, which took the full parse
+	// before 2026-11-28
+	for _, c := range []struct {
+		name, data string
+		want       eventKind
+	}{{"role", vllmRole, eventOther}, {"escape", vllmEscape, eventContent}} {
+		ev := []byte("data: " + c.data + "\n\n")
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for range b.N {
+				if t.event(ev) != c.want {
+					b.Fatalf("not kind %d", c.want)
+				}
+			}
+		})
+	}
 	b.Run("parse", func(b *testing.B) {
 		b.ReportAllocs()
 		for range b.N {

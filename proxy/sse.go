@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"hash"
+	"unicode/utf16"
+	"unicode/utf8"
 
 	"github.com/valyala/fastjson"
 
@@ -71,6 +73,7 @@ type tap struct {
 	keepText bool
 	text     []byte
 	ends     []int32 // len(text) after each content event, when keepText
+	esc      []byte  // fastContent's decoded text, when it had escapes
 
 	promptTokens     int
 	completionTokens int
@@ -113,7 +116,10 @@ func (t *tap) event(ev []byte) eventKind {
 	if bytes.Equal(data, doneData) {
 		return eventDone
 	}
-	if text, ok := fastContent(data); ok {
+	if text, ok := fastContent(data, &t.esc); ok {
+		if len(text) == 0 {
+			return eventOther
+		}
 		t.addText(text)
 		if t.keepText {
 			t.ends = append(t.ends, int32(len(t.text)))
@@ -193,15 +199,22 @@ func (t *tap) readUsage(v *fastjson.Value) {
 	wire.ReadUsage(v, &t.promptTokens, &t.completionTokens)
 }
 
-// fastContent reads the event data of an ordinary vLLM content chunk by
-// scanning bytes, without a JSON parse: one choice with plain text (no
-// escapes), finish_reason null, and no usage. Anything else, about one
-// event per stream, returns ok=false and takes the full parse. The
-// accepted shapes are exactly what vLLM writes:
+// fastContent reads the event data of an ordinary vLLM chunk by scanning
+// bytes, without a JSON parse: one choice with its text (JSON escapes
+// decoded into *scratch), finish_reason null, and no usage, error or other
+// non-null field. An empty text, as in the role chunk, is an event without
+// content. Anything else, about one event per stream (the finish reason,
+// usage), returns ok=false and takes the full parse. The accepted shapes
+// are exactly what vLLM writes:
 //
 //	{"id":"…","object":"…","created":N,"model":"…","choices":[{"index":0,"delta":{"content":"TEXT"},"logprobs":null,"finish_reason":null,"token_ids":null}]}
+//	{"id":"…","object":"…","created":N,"model":"…","choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}],"prompt_token_ids":null}
 //	{"id":"…","object":"…","created":N,"model":"…","choices":[{"index":0,"text":"TEXT","logprobs":null,"finish_reason":null,"stop_reason":null}],"usage":null}
-func fastContent(d []byte) (text []byte, ok bool) {
+//
+// The role chunk and a first token with an escape ("\n") are on every
+// stream's way to its first token, where a full parse of cold code cost
+// about as much as the rest of the relay.
+func fastContent(d []byte, scratch *[]byte) (text []byte, ok bool) {
 	// the fields before "choices": known keys, plain values
 	if len(d) == 0 || d[0] != '{' {
 		return nil, false
@@ -231,6 +244,8 @@ func fastContent(d []byte) (text []byte, ok bool) {
 	switch {
 	case bytes.HasPrefix(d, fastChat):
 		d, chat = d[len(fastChat):], true
+	case bytes.HasPrefix(d, fastRole):
+		d, chat = d[len(fastRole):], true
 	case bytes.HasPrefix(d, fastText):
 		d = d[len(fastText):]
 	default:
@@ -239,10 +254,14 @@ func fastContent(d []byte) (text []byte, ok bool) {
 	// the text itself, up to its closing quote (fastjson, like this scan,
 	// lets control characters through)
 	i := bytes.IndexByte(d, '"')
-	if i <= 0 || bytes.IndexByte(d[:i], '\\') >= 0 {
+	if i < 0 {
 		return nil, false
 	}
-	text, d = d[:i], d[i+1:]
+	if bytes.IndexByte(d[:i], '\\') < 0 {
+		text, d = d[:i], d[i+1:]
+	} else if text, d, ok = unescape(d, scratch); !ok {
+		return nil, false
+	}
 	if chat {
 		if len(d) == 0 || d[0] != '}' {
 			return nil, false
@@ -252,8 +271,28 @@ func fastContent(d []byte) (text []byte, ok bool) {
 	if !bytes.HasPrefix(d, fastNoFinish) {
 		return nil, false
 	}
-	d = d[len(fastNoFinish):]
-	// further null fields of the choice: "token_ids", "stop_reason", ...
+	d, ok = nullFields(d[len(fastNoFinish):], false)
+	if !ok {
+		return nil, false
+	}
+	if string(d) != "}]}" && string(d) != `}],"usage":null}` {
+		// the chunk's other null fields: "prompt_token_ids":null, ...;
+		// "error" of any value makes the parser call the event an error
+		if !bytes.HasPrefix(d, fastChoiceEnd) {
+			return nil, false
+		}
+		d, ok = nullFields(d[len(fastChoiceEnd):], true)
+		if !ok || string(d) != "}" {
+			return nil, false
+		}
+	}
+	return text, true
+}
+
+// nullFields skips `,"key":null` fields at the start of d, with keys of
+// lower-case letters and '_': the choice's (top false) or the chunk's.
+// A repeated key is left to the parser.
+func nullFields(d []byte, top bool) ([]byte, bool) {
 	for len(d) > 0 && d[0] == ',' {
 		key, rest, ok := plainString(d[1:])
 		if !ok || len(key) == 0 || !bytes.HasPrefix(rest, fastColonNull) {
@@ -266,22 +305,102 @@ func fastContent(d []byte) (text []byte, ok bool) {
 		}
 		switch string(key) {
 		case "index", "delta", "text", "logprobs", "finish_reason":
-			return nil, false // a repeated key: let the parser decide
+			if !top {
+				return nil, false
+			}
+		case "choices", "error":
+			if top {
+				return nil, false
+			}
 		}
 		d = rest[len(fastColonNull):]
 	}
-	if string(d) != "}]}" && string(d) != `}],"usage":null}` {
-		return nil, false
-	}
-	return text, true
+	return d, true
 }
 
 var (
 	fastChat      = []byte(`[{"index":0,"delta":{"content":"`)
+	fastRole      = []byte(`[{"index":0,"delta":{"role":"assistant","content":"`)
 	fastText      = []byte(`[{"index":0,"text":"`)
 	fastNoFinish  = []byte(`,"logprobs":null,"finish_reason":null`)
+	fastChoiceEnd = []byte(`}]`)
 	fastColonNull = []byte(`:null`)
 )
+
+// unescape reads a JSON string with escapes from just after its opening
+// quote: its text, decoded into *scratch as the parser decodes it, and
+// what follows the closing quote. The escapes the parser reads on a path
+// of its own (a \u escape of a UTF-16 surrogate, a malformed escape)
+// return ok=false.
+func unescape(d []byte, scratch *[]byte) (s, rest []byte, ok bool) {
+	out := (*scratch)[:0]
+	for len(d) > 0 {
+		switch c := d[0]; c {
+		case '"':
+			*scratch = out
+			return out, d[1:], true
+		case '\\':
+			if len(d) < 2 {
+				return nil, nil, false
+			}
+			switch e := d[1]; e {
+			case '"', '\\', '/':
+				out = append(out, e)
+			case 'b':
+				out = append(out, '\b')
+			case 'f':
+				out = append(out, '\f')
+			case 'n':
+				out = append(out, '\n')
+			case 'r':
+				out = append(out, '\r')
+			case 't':
+				out = append(out, '\t')
+			case 'u':
+				r, ok := hex4(d[2:])
+				if !ok || utf16.IsSurrogate(r) {
+					return nil, nil, false
+				}
+				out = utf8.AppendRune(out, r)
+				d = d[6:]
+				continue
+			default:
+				return nil, nil, false
+			}
+			d = d[2:]
+		default:
+			k := bytes.IndexAny(d, "\"\\")
+			if k < 0 {
+				return nil, nil, false
+			}
+			out = append(out, d[:k]...)
+			d = d[k:]
+		}
+	}
+	return nil, nil, false
+}
+
+// hex4 reads the four hex digits of a \u escape.
+func hex4(d []byte) (rune, bool) {
+	if len(d) < 4 {
+		return 0, false
+	}
+	var r rune
+	for _, c := range d[:4] {
+		switch {
+		case c >= '0' && c <= '9':
+			c -= '0'
+		case c >= 'a' && c <= 'f':
+			c -= 'a' - 10
+		case c >= 'A' && c <= 'F':
+			c -= 'A' - 10
+		default:
+			return 0, false
+		}
+		r = r<<4 | rune(c)
+	}
+	return r, true
+}
 
 // plainString reads a JSON string without escapes at the start of d and
 // returns its contents and what follows it.
