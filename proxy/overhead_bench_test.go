@@ -47,6 +47,8 @@ import (
 //	ABPROXY_OVERHEAD_LOOP_MIN_STREAMS=N     abproxy's proxy.event_loop_min_streams
 //	ABPROXY_OVERHEAD_PPROF=ADDR             serve net/http/pprof from abproxy on ADDR
 //	ABPROXY_OVERHEAD_KEEPDB=PATH            abproxy's SQLite file (default: a temp dir)
+//	ABPROXY_OVERHEAD_SIM=inprocess|process  the sim in the client's process (default)
+//	                                        or in its own, as a real backend is
 //
 // abproxy records every request into a real SQLite file through the
 // recorder (bounded queue, batched writer); the last sub-benchmark,
@@ -59,28 +61,16 @@ func BenchmarkOverhead(b *testing.B) {
 	levels := ovhLevels(b)
 	dir := b.TempDir()
 
-	// The simulated backend: the built-in "optimized" profile's decode-step
-	// model (13 ms + 0.2 ms per running sequence) sped up 4x, with its
-	// batch, KV and prefill limits lifted so that 1,000 concurrent streams
-	// are all admitted at once and no request queues inside the sim.
-	prof, _ := sim.BuiltinProfile("optimized")
-	prof.Name = "overhead"
-	prof.MaxNumSeqs = 100_000
-	prof.KVCapacityTokens = 1 << 30
-	prof.MaxModelLen = 1 << 20
-	prof.PrefillTokensPerSec = 1e12
-	prof.PrefillChunkTokens = 1 << 30
-	prof.Jitter = 0
-	const speedup = 4.0
 	truth := &ovhTruth{}
-	srv, base, err := sim.Start(sim.Options{Profile: prof, Speedup: speedup, Seed: 1, Model: "bench", Truth: truth}, "127.0.0.1:0")
+	base, simProc, err := ovhStartSim(b, dir, truth)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer srv.Close()
+	defer simProc.stop()
 	simAddr := strings.TrimPrefix(base, "http://")
+	prof := ovhSimProfile()
 	step := func(c int) time.Duration {
-		return time.Duration(float64(prof.StepBase+time.Duration(c)*prof.StepPerSeq) / speedup)
+		return time.Duration(float64(prof.StepBase+time.Duration(c)*prof.StepPerSeq) / ovhSpeedup)
 	}
 
 	nginx, err := ovhStartNginx(b.TempDir(), simAddr)
@@ -103,9 +93,9 @@ func BenchmarkOverhead(b *testing.B) {
 	}()
 
 	targets := []*ovhTarget{
-		{name: "direct", addr: simAddr},
-		{name: "nginx", addr: nginx.addr, proc: nginx},
-		{name: "abproxy", addr: abp.addr, proc: abp},
+		{name: "direct", addr: simAddr, sim: simProc},
+		{name: "nginx", addr: nginx.addr, proc: nginx, sim: simProc},
+		{name: "abproxy", addr: abp.addr, proc: abp, sim: simProc},
 	}
 	// Idle memory after one request each: the base of "memory per stream".
 	for _, t := range targets {
@@ -119,12 +109,12 @@ func BenchmarkOverhead(b *testing.B) {
 		t.baseRSS = t.idleRSS
 	}
 
-	env := ovhEnv{}
+	env := ovhEnv{sim: simProc.place()}
 	env.describe()
 	b.Logf("machine: %s", env.String())
 	lo, hi := ovhTokens(b)
 	b.Logf("sim: step %v + %v/stream (speedup %g), output %d-%d tokens (ignore_eos), prompt ~40 tokens, include_usage on",
-		step(0), time.Duration(float64(prof.StepPerSeq)/speedup), speedup, lo, hi)
+		step(0), time.Duration(float64(prof.StepPerSeq)/ovhSpeedup), ovhSpeedup, lo, hi)
 
 	// Every request abproxy answered must be in its SQLite file: stop it
 	// (SIGTERM drains and closes the recorder) and compare its counts. This
@@ -290,6 +280,7 @@ type ovhTarget struct {
 	name    string
 	addr    string
 	proc    *ovhProc // nil for direct
+	sim     *ovhProc // the sim's process; nil when it runs in this one
 	conns   []*ovhConn
 	idleRSS int64 // after one request, before any level
 	// memory per stream is the RSS growth over the previous base (idle, or
@@ -437,7 +428,7 @@ type ovhStats struct {
 	wall                        time.Duration
 	streamTime                  time.Duration // Σ E2E, for the mean number of streams in flight
 	procTicks                   int64         // proxy CPU, clock ticks
-	selfTicks                   int64         // benchmark process (client + sim) CPU
+	selfTicks                   int64         // the client's and the sim's CPU
 	sysBusy                     int64         // all CPUs, busy jiffies
 	sysTotal                    int64
 	peakRSS                     int64
@@ -532,7 +523,7 @@ func ovhRound(b *testing.B, t *ovhTarget, st *ovhStats, tokens [][]int, stagger 
 			}
 		}
 	}()
-	p0, s0 := t.proc.cpuTicks(), ovhCPUTicks(os.Getpid())
+	p0, s0 := t.proc.cpuTicks(), ovhCPUTicks(os.Getpid())+t.sim.cpuTicks()
 	b0, tot0 := ovhSystemTicks()
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -556,7 +547,7 @@ func ovhRound(b *testing.B, t *ovhTarget, st *ovhStats, tokens [][]int, stagger 
 	}
 	wg.Wait()
 	wall := time.Since(start)
-	p1, s1 := t.proc.cpuTicks(), ovhCPUTicks(os.Getpid())
+	p1, s1 := t.proc.cpuTicks(), ovhCPUTicks(os.Getpid())+t.sim.cpuTicks()
 	b1, tot1 := ovhSystemTicks()
 	close(stopRSS)
 	st.peakRSS = max(st.peakRSS, <-rssDone)
@@ -816,6 +807,7 @@ func ovhLoadavg() string {
 
 // ovhEnv describes the machine.
 type ovhEnv struct {
+	sim   string // where the sim runs
 	cpus  int
 	model string
 	mem   string
@@ -842,6 +834,6 @@ func (e *ovhEnv) describe() {
 }
 
 func (e ovhEnv) String() string {
-	return fmt.Sprintf("%d CPUs (%s), MemTotal %s, Linux %s, %s, GOMAXPROCS %d, loadavg %s",
-		e.cpus, e.model, e.mem, e.kern, runtime.Version(), runtime.GOMAXPROCS(0), ovhLoadavg())
+	return fmt.Sprintf("%d CPUs (%s), MemTotal %s, Linux %s, %s, GOMAXPROCS %d, loadavg %s, sim %s",
+		e.cpus, e.model, e.mem, e.kern, runtime.Version(), runtime.GOMAXPROCS(0), ovhLoadavg(), e.sim)
 }

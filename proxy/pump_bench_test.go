@@ -106,7 +106,7 @@ func BenchmarkTapEvent(b *testing.B) {
 		}
 	})
 	// the role chunk and an escaped token, which took the full parse
-	// before 2026-11-28
+	// before 2026-11-27, 22:00 UTC
 	for _, c := range []struct {
 		name, data string
 		want       eventKind
