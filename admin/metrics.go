@@ -56,11 +56,12 @@ type Metrics struct {
 	reg  *prometheus.Registry
 	live *Live
 
-	ttft, tpot, duration, itl, added *prometheus.HistogramVec
-	tokens                           *prometheus.HistogramVec
-	requests                         *prometheus.CounterVec
-	scrapes                          *prometheus.CounterVec
-	up                               *prometheus.GaugeVec
+	ttft, tpot, duration, added *prometheus.HistogramVec
+	tokens                      *prometheus.HistogramVec
+	itl                         *gapVec
+	requests                    *prometheus.CounterVec
+	scrapes                     *prometheus.CounterVec
+	up                          *prometheus.GaugeVec
 
 	series   sync.Map // seriesKey -> *series
 	counters sync.Map // requestKey -> prometheus.Counter
@@ -77,8 +78,9 @@ type seriesKey struct{ backend, role string }
 
 // series holds the label children of one (backend, role).
 type series struct {
-	ttft, tpot, duration, itl, added prometheus.Observer
-	tokIn, tokOut                    prometheus.Observer
+	ttft, tpot, duration, added prometheus.Observer
+	tokIn, tokOut               prometheus.Observer
+	itl                         *gapHistogram
 }
 
 type requestKey struct {
@@ -102,7 +104,8 @@ func NewMetrics(backends []string) *Metrics {
 	m.tpot = hist(MetricTPOT, "Time per output token: (end - first token) / (completion tokens - 1), per request with more than one completion token.", tpotBuckets)
 	m.duration = hist(MetricDuration, "Request duration: end of the response (or error) minus request start, every request.", durationBuckets)
 	m.tokens = hist(MetricTokenUsage, "Tokens per request by gen_ai_token_type (input = prompt, output = completion), where known.", tokenBuckets, "gen_ai_token_type")
-	m.itl = hist(MetricITL, "Inter-token latency: every gap between consecutive content chunks of a stream.", itlBuckets)
+	m.itl = newGapVec(MetricITL, "Inter-token latency: every gap between consecutive content chunks of a stream.", itlBuckets)
+	m.reg.MustRegister(m.itl)
 	m.added = hist(MetricAddedLatency, "Latency the proxy added to TTFT: first content chunk written to the client minus its arrival from the backend.", addedBuckets)
 	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: MetricRequests,
 		Help: "Finished requests by backend, role, HTTP status (\"\" when none) and error class (\"\" on success)."},
@@ -143,7 +146,7 @@ func (m *Metrics) seriesFor(backend, role string) *series {
 		ttft:     m.ttft.WithLabelValues(backend, role),
 		tpot:     m.tpot.WithLabelValues(backend, role),
 		duration: m.duration.WithLabelValues(backend, role),
-		itl:      m.itl.WithLabelValues(backend, role),
+		itl:      m.itl.child(backend, role),
 		added:    m.added.WithLabelValues(backend, role),
 		tokIn:    m.tokens.WithLabelValues(backend, role, "input"),
 		tokOut:   m.tokens.WithLabelValues(backend, role, "output"),
@@ -185,9 +188,7 @@ func (m *Metrics) Observe(o *proxy.Observation) {
 	if t.HasTPOT {
 		s.tpot.Observe(t.TPOT)
 	}
-	for i := 1; i < len(r.ChunkNS); i++ {
-		s.itl.Observe(float64(r.ChunkNS[i]-r.ChunkNS[i-1]) / 1e9)
-	}
+	s.itl.addGaps(r.ChunkNS)
 	if r.PromptTokens >= 0 {
 		s.tokIn.Observe(float64(r.PromptTokens))
 	}

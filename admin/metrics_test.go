@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"context"
 	"math"
+	"math/rand/v2"
+	"slices"
 	"strconv"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -220,3 +223,85 @@ func matches(l, want map[string]string) bool {
 func gauge(f *dto.MetricFamily) float64 { return f.GetMetric()[0].GetGauge().GetValue() }
 
 func near(a, b float64) bool { return math.Abs(a-b) <= 1e-9*math.Max(1, math.Abs(b)) }
+
+// BenchmarkObserve is Observe on a finished 160-token stream: what the
+// request's goroutine spends on metrics after the stream's last write,
+// before fasthttp reads the client's next request.
+func BenchmarkObserve(b *testing.B) {
+	m := NewMetrics([]string{"a"})
+	r := &recorder.Request{Backend: "a", Role: recorder.RolePrimary, Status: 200, StartNS: 1e9, FirstTokenNS: 1.1e9,
+		PromptTokens: 40, CompletionTokens: 160}
+	for i := range 160 {
+		r.ChunkNS = append(r.ChunkNS, 1.1e9+int64(i)*13_000_000+int64(i%7)*100_000)
+	}
+	r.EndNS = r.ChunkNS[159] + 1000
+	o := &proxy.Observation{Record: r, FirstTokenSentNS: 1.1e9 + 20_000}
+	b.ReportAllocs()
+	for range b.N {
+		m.Observe(o)
+	}
+}
+
+// TestGapHistogramMatchesPrometheus feeds the same gaps to addGaps and to a
+// prometheus.Histogram with the same buckets: gaps on, just under and just
+// over every bound, zero and negative ones, in rising, falling and random
+// order, so the bucket walk from the previous gap is exercised both ways.
+func TestGapHistogramMatchesPrometheus(t *testing.T) {
+	v := newGapVec("gaps", "test", itlBuckets)
+	h := v.child("a", recorder.RolePrimary)
+	ref := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "gaps", Buckets: itlBuckets})
+	var gaps []int64
+	for _, u := range v.upperNS {
+		gaps = append(gaps, u, u-1, u+1)
+	}
+	gaps = append(gaps, 0, -5, 3e9, 1)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 2000 {
+		gaps = append(gaps, rng.Int64N(3e9))
+	}
+	for _, order := range []func([]int64){
+		func(g []int64) { slices.Sort(g) },
+		func(g []int64) { slices.Sort(g); slices.Reverse(g) },
+		func(g []int64) { rng.Shuffle(len(g), func(i, j int) { g[i], g[j] = g[j], g[i] }) },
+	} {
+		order(gaps)
+		ns := []int64{1e12}
+		for _, g := range gaps {
+			ns = append(ns, ns[len(ns)-1]+g)
+			ref.Observe(float64(g) / 1e9)
+		}
+		h.addGaps(ns)
+	}
+	got, want := collectOne(t, v), collectOne(t, ref)
+	if got.GetSampleCount() != want.GetSampleCount() {
+		t.Fatalf("count %d, want %d", got.GetSampleCount(), want.GetSampleCount())
+	}
+	if math.Abs(got.GetSampleSum()-want.GetSampleSum()) > 1e-6 {
+		t.Errorf("sum %v, want %v", got.GetSampleSum(), want.GetSampleSum())
+	}
+	for i, b := range want.GetBucket() {
+		if g := got.GetBucket()[i]; g.GetUpperBound() != b.GetUpperBound() || g.GetCumulativeCount() != b.GetCumulativeCount() {
+			t.Errorf("bucket le=%v: %d, want le=%v: %d", g.GetUpperBound(), g.GetCumulativeCount(), b.GetUpperBound(), b.GetCumulativeCount())
+		}
+	}
+}
+
+// collectOne returns the one histogram c collects.
+func collectOne(t *testing.T, c prometheus.Collector) *dto.Histogram {
+	t.Helper()
+	ch := make(chan prometheus.Metric, 4)
+	c.Collect(ch)
+	close(ch)
+	var out []*dto.Histogram
+	for m := range ch {
+		var d dto.Metric
+		if err := m.Write(&d); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, d.GetHistogram())
+	}
+	if len(out) != 1 {
+		t.Fatalf("%d metrics collected, want 1", len(out))
+	}
+	return out[0]
+}
