@@ -23,6 +23,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/abproxy/abproxy/admin"
 	"github.com/abproxy/abproxy/config"
 	"github.com/abproxy/abproxy/proxy"
 	"github.com/abproxy/abproxy/recorder"
@@ -216,7 +217,10 @@ func ovhChildServe() int {
 	if _, err := rec.EnsureRun(recorder.Run{Name: "overhead", Kind: recorder.KindBench, StartedNS: time.Now().UnixNano()}); err != nil {
 		return fail(err)
 	}
-	p, err := proxy.New(proxy.Options{Config: cfg, Sink: rec, Logger: log.Named("proxy"), Run: "overhead", GovernProcs: true})
+	// the metrics `abproxy serve` keeps: Observe runs on each request's
+	// goroutine after its stream's last write
+	metrics := admin.NewMetrics(cfg.BackendNames())
+	p, err := proxy.New(proxy.Options{Config: cfg, Sink: rec, Logger: log.Named("proxy"), Run: "overhead", GovernProcs: true, Observer: metrics})
 	if err != nil {
 		return fail(err)
 	}
