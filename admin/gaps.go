@@ -22,7 +22,6 @@ type gapVec struct {
 
 	mu       sync.Mutex
 	children map[seriesKey]*gapHistogram
-	order    []*gapHistogram // creation order, for Collect
 }
 
 // gapHistogram is one series of a gapVec.
@@ -30,7 +29,7 @@ type gapHistogram struct {
 	v       *gapVec
 	labels  [2]string       // backend, role
 	buckets []atomic.Uint64 // per bucket, not cumulative; the last is +Inf
-	sumBits atomic.Uint64   // float64 bits of the sum in seconds
+	sumNS   atomic.Int64    // the sum, in the gaps' own unit
 }
 
 func newGapVec(name, help string, upper []float64) *gapVec {
@@ -58,7 +57,6 @@ func (v *gapVec) child(backend, role string) *gapHistogram {
 	}
 	h := &gapHistogram{v: v, labels: [2]string{backend, role}, buckets: make([]atomic.Uint64, len(v.upper)+1)}
 	v.children[k] = h
-	v.order = append(v.order, h)
 	return h
 }
 
@@ -93,13 +91,7 @@ func (h *gapHistogram) addGaps(ns []int64) {
 			h.buckets[i].Add(uint64(counts[i]))
 		}
 	}
-	add := float64(sum) / 1e9
-	for {
-		old := h.sumBits.Load()
-		if h.sumBits.CompareAndSwap(old, math.Float64bits(math.Float64frombits(old)+add)) {
-			return
-		}
-	}
+	h.sumNS.Add(sum)
 }
 
 // Describe implements prometheus.Collector.
@@ -110,7 +102,10 @@ func (v *gapVec) Describe(ch chan<- *prometheus.Desc) { ch <- v.desc }
 // stream being added at that moment.
 func (v *gapVec) Collect(ch chan<- prometheus.Metric) {
 	v.mu.Lock()
-	hs := v.order
+	hs := make([]*gapHistogram, 0, len(v.children))
+	for _, h := range v.children {
+		hs = append(hs, h)
+	}
 	v.mu.Unlock()
 	for _, h := range hs {
 		cum := make(map[float64]uint64, len(v.upper))
@@ -120,6 +115,6 @@ func (v *gapVec) Collect(ch chan<- prometheus.Metric) {
 			cum[u] = count
 		}
 		count += h.buckets[len(v.upper)].Load()
-		ch <- prometheus.MustNewConstHistogram(v.desc, count, math.Float64frombits(h.sumBits.Load()), cum, h.labels[0], h.labels[1])
+		ch <- prometheus.MustNewConstHistogram(v.desc, count, float64(h.sumNS.Load())/1e9, cum, h.labels[0], h.labels[1])
 	}
 }

@@ -93,9 +93,9 @@ func BenchmarkOverhead(b *testing.B) {
 	}()
 
 	targets := []*ovhTarget{
-		{name: "direct", addr: simAddr, sim: simProc},
-		{name: "nginx", addr: nginx.addr, proc: nginx, sim: simProc},
-		{name: "abproxy", addr: abp.addr, proc: abp, sim: simProc},
+		{name: "direct", addr: simAddr},
+		{name: "nginx", addr: nginx.addr, proc: nginx},
+		{name: "abproxy", addr: abp.addr, proc: abp},
 	}
 	// Idle memory after one request each: the base of "memory per stream".
 	for _, t := range targets {
@@ -168,7 +168,7 @@ func BenchmarkOverhead(b *testing.B) {
 		b.Run(fmt.Sprintf("streams=%d", lv.streams), func(b *testing.B) {
 			if res == nil { // b.N > 1 reruns report the same measurement
 				q0, n0 := ovhQueueTime(base)
-				res = ovhRunLevel(b, lv, targets, truth, step(lv.streams))
+				res = ovhRunLevel(b, lv, targets, simProc, truth, step(lv.streams))
 				res.machine = env.String()
 				q1, n1 := ovhQueueTime(base)
 				if n1 > n0 {
@@ -280,7 +280,6 @@ type ovhTarget struct {
 	name    string
 	addr    string
 	proc    *ovhProc // nil for direct
-	sim     *ovhProc // the sim's process; nil when it runs in this one
 	conns   []*ovhConn
 	idleRSS int64 // after one request, before any level
 	// memory per stream is the RSS growth over the previous base (idle, or
@@ -450,7 +449,10 @@ type ovhLevelResult struct {
 
 var ovhTargetNames = []string{"direct", "nginx", "abproxy"}
 
-func ovhRunLevel(b *testing.B, lv ovhLevel, targets []*ovhTarget, truth *ovhTruth, step time.Duration) *ovhLevelResult {
+// ovhRunLevel measures one level, every target in turn each round. simProc
+// is the sim's process (its CPU counts with the client's), nil when the sim
+// runs in this one.
+func ovhRunLevel(b *testing.B, lv ovhLevel, targets []*ovhTarget, simProc *ovhProc, truth *ovhTruth, step time.Duration) *ovhLevelResult {
 	res := &ovhLevelResult{lv: lv, step: step, stats: map[string]*ovhStats{}, started: time.Now()}
 	res.load[0] = ovhLoadavg()
 	for _, t := range targets {
@@ -479,7 +481,7 @@ func ovhRunLevel(b *testing.B, lv ovhLevel, targets []*ovhTarget, truth *ovhTrut
 		}
 		for k := range targets {
 			t := targets[(k+round)%len(targets)] // rotate the order each round
-			ovhRound(b, t, res.stats[t.name], tokens, stagger)
+			ovhRound(b, t, simProc, res.stats[t.name], tokens, stagger)
 		}
 	}
 	time.Sleep(300 * time.Millisecond) // the sim flushes truth every 200 ms
@@ -497,7 +499,7 @@ func ovhRunLevel(b *testing.B, lv ovhLevel, targets []*ovhTarget, truth *ovhTrut
 }
 
 // ovhRound runs one measured round against one target.
-func ovhRound(b *testing.B, t *ovhTarget, st *ovhStats, tokens [][]int, stagger time.Duration) {
+func ovhRound(b *testing.B, t *ovhTarget, simProc *ovhProc, st *ovhStats, tokens [][]int, stagger time.Duration) {
 	if err := t.warm(); err != nil {
 		b.Fatalf("%s: warm-up: %v", t.name, err)
 	}
@@ -523,7 +525,7 @@ func ovhRound(b *testing.B, t *ovhTarget, st *ovhStats, tokens [][]int, stagger 
 			}
 		}
 	}()
-	p0, s0 := t.proc.cpuTicks(), ovhCPUTicks(os.Getpid())+t.sim.cpuTicks()
+	p0, s0 := t.proc.cpuTicks(), ovhCPUTicks(os.Getpid())+simProc.cpuTicks()
 	b0, tot0 := ovhSystemTicks()
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -547,7 +549,7 @@ func ovhRound(b *testing.B, t *ovhTarget, st *ovhStats, tokens [][]int, stagger 
 	}
 	wg.Wait()
 	wall := time.Since(start)
-	p1, s1 := t.proc.cpuTicks(), ovhCPUTicks(os.Getpid())+t.sim.cpuTicks()
+	p1, s1 := t.proc.cpuTicks(), ovhCPUTicks(os.Getpid())+simProc.cpuTicks()
 	b1, tot1 := ovhSystemTicks()
 	close(stopRSS)
 	st.peakRSS = max(st.peakRSS, <-rssDone)

@@ -116,24 +116,39 @@ func ovhStartSim(b *testing.B, dir string, truth io.Writer) (base string, p *ovh
 	}
 	cmd := exec.Command(exe)
 	cmd.Env = append(os.Environ(), ovhChildEnv+"=sim", ovhListenEnv+"="+addr)
-	cmd.Dir = dir
 	cmd.Stdout = truth
-	logPath := filepath.Join(dir, "sim.log")
-	logf, err := os.Create(logPath)
+	p, err = ovhStartChild(cmd, dir, "sim", addr)
 	if err != nil {
 		return "", nil, err
+	}
+	return "http://" + addr, p, nil
+}
+
+// ovhStartChild starts cmd in dir with its stderr in dir/name.log, and
+// waits until it answers GET /health on addr. The caller sets cmd's
+// environment and, if it wants it elsewhere than p.stdout, its stdout.
+func ovhStartChild(cmd *exec.Cmd, dir, name, addr string) (*ovhProc, error) {
+	cmd.Dir = dir // no stray ./config.toml is picked up
+	p := &ovhProc{name: name, addr: addr, cmd: cmd, dir: dir}
+	if cmd.Stdout == nil {
+		cmd.Stdout = &p.stdout
+	}
+	logPath := filepath.Join(dir, name+".log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
 	}
 	defer logf.Close() // the child has its own copy
 	cmd.Stderr = logf
 	if err := cmd.Start(); err != nil {
-		return "", nil, err
+		return nil, err
 	}
-	p = &ovhProc{name: "sim", addr: addr, cmd: cmd, pids: []int{cmd.Process.Pid}, dir: dir}
+	p.pids = []int{cmd.Process.Pid}
 	if err := ovhWaitHTTP(addr, "/health", 10*time.Second); err != nil {
 		p.stop()
-		return "", nil, fmt.Errorf("the sim did not come up: %w (log: %s)", err, ovhTail(logPath))
+		return nil, fmt.Errorf("%s did not come up: %w (log: %s)", name, err, ovhTail(logPath))
 	}
-	return "http://" + addr, p, nil
+	return p, nil
 }
 
 // place says where the sim runs, for the machine line.
@@ -318,23 +333,11 @@ func ovhLaunchAbproxy(dir, name, addr, db string, args, env []string) (*ovhProc,
 	if extra := os.Getenv("ABPROXY_OVERHEAD_CHILD_ENV"); extra != "" {
 		cmd.Env = append(cmd.Env, strings.Split(extra, ",")...) // e.g. GOMAXPROCS=1,GOGC=200
 	}
-	cmd.Dir = dir // no stray ./config.toml is picked up
-	p := &ovhProc{name: name, addr: addr, cmd: cmd, dir: dir, db: db}
-	cmd.Stdout = &p.stdout
-	logPath := filepath.Join(dir, name+".log")
-	logf, err := os.Create(logPath)
+	p, err := ovhStartChild(cmd, dir, name, addr)
 	if err != nil {
 		return nil, err
 	}
-	cmd.Stderr = logf
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	p.pids = []int{cmd.Process.Pid}
-	if err := ovhWaitHTTP(addr, "/health", 10*time.Second); err != nil {
-		p.stop()
-		return nil, fmt.Errorf("%s did not come up: %w (log: %s)", name, err, ovhTail(logPath))
-	}
+	p.db = db
 	return p, nil
 }
 
