@@ -12,9 +12,7 @@ import (
 // (backend, role). A finished stream adds all its gaps at once: they are
 // counted per bucket on the stack and added with one atomic add per bucket
 // touched. A prometheus.Histogram costs three atomic operations per
-// observation, which at 160 tokens was 4.5 µs of the 4.6 µs that Observe
-// spent on the request's goroutine after the stream's last write, in the
-// way of the client's next request on the same connection.
+// observation, which at 160 tokens was 4.5 µs of Observe's 4.6 µs.
 type gapVec struct {
 	desc    *prometheus.Desc
 	upper   []float64 // bucket upper bounds, seconds

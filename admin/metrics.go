@@ -168,9 +168,9 @@ func (m *Metrics) counterFor(k requestKey) prometheus.Counter {
 	return v.(prometheus.Counter)
 }
 
-// Observe implements proxy.Observer. It runs on the request's goroutine
-// and only does arithmetic and atomic adds (plus a short critical section
-// in the live window).
+// Observe implements proxy.Observer. The proxy calls it shortly after a
+// request finished, off the request's goroutine; it only does arithmetic
+// and atomic adds (plus a short critical section in the live window).
 func (m *Metrics) Observe(o *proxy.Observation) {
 	r := o.Record
 	if r == nil {

@@ -224,9 +224,8 @@ func gauge(f *dto.MetricFamily) float64 { return f.GetMetric()[0].GetGauge().Get
 
 func near(a, b float64) bool { return math.Abs(a-b) <= 1e-9*math.Max(1, math.Abs(b)) }
 
-// BenchmarkObserve is Observe on a finished 160-token stream: what the
-// request's goroutine spends on metrics after the stream's last write,
-// before fasthttp reads the client's next request.
+// BenchmarkObserve is Observe on a finished 160-token stream, the work the
+// proxy's observation batches do per request.
 func BenchmarkObserve(b *testing.B) {
 	m := NewMetrics([]string{"a"})
 	r := &recorder.Request{Backend: "a", Role: recorder.RolePrimary, Status: 200, StartNS: 1e9, FirstTokenNS: 1.1e9,

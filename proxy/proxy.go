@@ -36,9 +36,11 @@ type Sink interface {
 	Submit(r *recorder.Request) bool
 }
 
-// Observer sees every finished request, on the request's own goroutine,
-// before the record goes to the sink. It must be fast and must not block
-// (metrics, live dashboards); it must not keep or modify the record.
+// Observer sees every finished request (metrics, live dashboards), at most
+// ObserveDelay after it finished, in batches on a goroutine of the proxy's
+// own; calls never overlap. Shutdown returns after the last one. It must
+// not modify or keep the record, and should be quick: observations queue
+// up behind it.
 type Observer interface {
 	Observe(o *Observation)
 }
@@ -55,7 +57,8 @@ type Observation struct {
 
 // Options configure a Proxy.
 type Options struct {
-	// Observer, when set, sees every finished request (metrics).
+	// Observer, when set, sees every finished request (metrics), shortly
+	// after it finished.
 	Observer Observer
 	// Config holds the proxy settings and the backends.
 	Config *config.Config
@@ -94,7 +97,7 @@ const (
 type Proxy struct {
 	cfg       *config.Config
 	sink      Sink
-	observer  Observer
+	observed  *observations // nil without an Observer
 	log       *zap.Logger
 	run       string
 	bodies    bool
@@ -145,13 +148,16 @@ func New(opts Options) (*Proxy, error) {
 		log = zap.NewNop()
 	}
 	p := &Proxy{
-		cfg: cfg, sink: opts.Sink, observer: opts.Observer, log: log, run: opts.Run, bodies: opts.StoreBodies,
+		cfg: cfg, sink: opts.Sink, log: log, run: opts.Run, bodies: opts.StoreBodies,
 		byName:     map[string]*upstream{},
 		active:     map[*upConn]struct{}{},
 		shutdownCh: make(chan struct{}),
 		abortCh:    make(chan struct{}),
 	}
 	p.ids.Init()
+	if opts.Observer != nil {
+		p.observed = newObservations(opts.Observer, ObserveDelay)
+	}
 	// before any traffic: a table that grows under load stalls the process
 	if n, err := fdtable.Reserve(fdtable.Max); err != nil {
 		log.Warn("could not size the file descriptor table up front", zap.Error(err))
@@ -281,6 +287,9 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	for _, u := range p.upstreams {
 		u.closeIdle()
 	}
+	if p.observed != nil {
+		p.observed.flush()
+	}
 	p.procs.Stop()
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		return fmt.Errorf("drain timeout: in-flight requests were cut")
@@ -341,8 +350,8 @@ func (p *Proxy) newRecord(ctx *fasthttp.RequestCtx, start int64) *recorder.Reque
 func (p *Proxy) finish(rec *recorder.Request) { p.finishObserved(rec, 0) }
 
 func (p *Proxy) finishObserved(rec *recorder.Request, firstSentNS int64) {
-	if p.observer != nil {
-		p.observer.Observe(&Observation{Record: rec, FirstTokenSentNS: firstSentNS})
+	if p.observed != nil {
+		p.observed.add(rec, firstSentNS)
 	}
 	if p.sink != nil {
 		p.sink.Submit(rec)
