@@ -150,3 +150,17 @@ func BenchmarkRequestPrep(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkOutputSHA256 is the output digest a record gets once its stream
+// has ended, on the request's goroutine before the next request is read.
+func BenchmarkOutputSHA256(b *testing.B) {
+	t := newTap()
+	t.reset(false)
+	t.addText([]byte("Shall I compare thee to a summer's day? Thou art more lovely"))
+	b.ReportAllocs()
+	for range b.N {
+		if len(t.outputSHA256()) != 64 {
+			b.Fatal("digest length")
+		}
+	}
+}
