@@ -49,6 +49,9 @@ import (
 //	ABPROXY_OVERHEAD_KEEPDB=PATH            abproxy's SQLite file (default: a temp dir)
 //	ABPROXY_OVERHEAD_SIM=inprocess|process  the sim in the client's process (default)
 //	                                        or in its own, as a real backend is
+//	ABPROXY_OVERHEAD_BIN_B=PATH             also measure a second built `abproxy serve`,
+//	                                        as target "abproxy-b", in the same rounds:
+//	                                        before and after a change, in one run
 //
 // abproxy records every request into a real SQLite file through the
 // recorder (bounded queue, batched writer); the last sub-benchmark,
@@ -96,6 +99,16 @@ func BenchmarkOverhead(b *testing.B) {
 		{name: "direct", addr: simAddr},
 		{name: "nginx", addr: nginx.addr, proc: nginx},
 		{name: "abproxy", addr: abp.addr, proc: abp},
+	}
+	ovhTargetNames = []string{"direct", "nginx", "abproxy"}
+	if binB := os.Getenv(ovhBinBEnv); binB != "" {
+		abpB, err := ovhStartAbproxyB(dir, base, binB)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer abpB.stop()
+		targets = append(targets, &ovhTarget{name: ovhNameB, addr: abpB.addr, proc: abpB})
+		ovhTargetNames = append(ovhTargetNames, ovhNameB)
 	}
 	// Idle memory after one request each: the base of "memory per stream".
 	for _, t := range targets {
@@ -447,7 +460,18 @@ type ovhLevelResult struct {
 	started time.Time
 }
 
-var ovhTargetNames = []string{"direct", "nginx", "abproxy"}
+// ovhTargetNames are the targets in table order: direct, nginx, abproxy
+// and, with ABPROXY_OVERHEAD_BIN_B, abproxy-b.
+var ovhTargetNames []string
+
+// ovhBinBEnv names a second abproxy binary, measured as ovhNameB.
+const (
+	ovhBinBEnv = "ABPROXY_OVERHEAD_BIN_B"
+	ovhNameB   = "abproxy-b"
+)
+
+// ovhProxies are the targets other than direct.
+func ovhProxies() []string { return ovhTargetNames[1:] }
 
 // ovhRunLevel measures one level, every target in turn each round. simProc
 // is the sim's process (its CPU counts with the client's), nil when the sim
@@ -637,7 +661,7 @@ func hopE2EOf(s *ovhStats) []float64  { return s.hopE2E }
 
 func (r *ovhLevelResult) report(b *testing.B) {
 	b.ReportMetric(0, "ns/op")
-	for _, name := range []string{"nginx", "abproxy"} {
+	for _, name := range ovhProxies() {
 		st := r.stats[name]
 		b.ReportMetric(r.added(name, ttftOf, 50), name+"_ttft_p50_added_ms")
 		b.ReportMetric(r.added(name, ttftOf, 99), name+"_ttft_p99_added_ms")
@@ -662,17 +686,17 @@ func (r *ovhLevelResult) report(b *testing.B) {
 // table renders the level's figures for b.Log.
 func (r *ovhLevelResult) table() string {
 	var sb strings.Builder
-	d := r.stats["direct"]
 	// testing keeps at most 9 lines of a benchmark's log: 8 here, 1 for
-	// the recorder check after the last level
+	// the recorder check after the last level (with abproxy-b, 9 here:
+	// ABPROXY_OVERHEAD_OUT has everything)
 	fmt.Fprintf(&sb, "streams=%d: %d rounds x %d requests/stream per target, sim step %.2f ms, sim admission wait mean %.2f ms; loadavg before %s, after %s; machine %s\n",
 		r.lv.streams, r.lv.rounds, r.lv.perWorker, float64(r.step)/1e6, r.queueMS, r.load[0], r.load[1], r.machine)
-	fmt.Fprintf(&sb, "%-8s %6s %9s %9s %9s %9s %8s %8s %8s %8s %9s %8s %8s %8s %7s %7s\n",
+	fmt.Fprintf(&sb, "%-9s %6s %9s %9s %9s %9s %8s %8s %8s %8s %9s %8s %8s %8s %7s %7s\n",
 		"target", "reqs", "ttft_p50", "ttft_p99", "e2e_p50", "e2e_p99", "+ttft50", "+ttft99", "+e2e50", "+e2e99",
 		"chunks/s", "hop50", "hop99", "cpu/1k", "KiB/st", "other%")
 	for _, name := range ovhTargetNames {
 		st := r.stats[name]
-		fmt.Fprintf(&sb, "%-8s %6d %9.3f %9.3f %9.1f %9.1f %8.3f %8.3f %8.2f %8.2f %9.0f %8.3f %8.3f %8.1f %7.1f %7.0f\n",
+		fmt.Fprintf(&sb, "%-9s %6d %9.3f %9.3f %9.1f %9.1f %8.3f %8.3f %8.2f %8.2f %9.0f %8.3f %8.3f %8.1f %7.1f %7.0f\n",
 			name, st.requests, ovhPct(st.ttft, 50), ovhPct(st.ttft, 99), ovhPct(st.e2e, 50), ovhPct(st.e2e, 99),
 			r.added(name, ttftOf, 50), r.added(name, ttftOf, 99), r.added(name, e2eOf, 50), r.added(name, e2eOf, 99),
 			st.chunksPerSec(), ovhPct(st.hopTTFT, 50), ovhPct(st.hopTTFT, 99),
@@ -692,14 +716,23 @@ func (r *ovhLevelResult) table() string {
 	}
 	sb.WriteString("\n")
 	sb.WriteString(r.versus() + "\n")
-	fmt.Fprintf(&sb, "sim-internal TTFT p50 %.3f / %.3f / %.3f ms, E2E p50 %.1f / %.1f / %.1f ms; client+sim process CPU per 1k chunks: direct %.1f, nginx %.1f, abproxy %.1f ms; mean streams in flight: direct %.0f, nginx %.0f, abproxy %.0f; truth misses %d/%d/%d\n",
-		ovhPct(d.simTTFT, 50), ovhPct(r.stats["nginx"].simTTFT, 50), ovhPct(r.stats["abproxy"].simTTFT, 50),
-		ovhPct(d.simE2E, 50), ovhPct(r.stats["nginx"].simE2E, 50), ovhPct(r.stats["abproxy"].simE2E, 50),
-		cpuPer1k(d.selfTicks, d.chunks), cpuPer1k(r.stats["nginx"].selfTicks, r.stats["nginx"].chunks),
-		cpuPer1k(r.stats["abproxy"].selfTicks, r.stats["abproxy"].chunks),
-		d.inFlight(), r.stats["nginx"].inFlight(), r.stats["abproxy"].inFlight(),
-		d.missingTruth, r.stats["nginx"].missingTruth, r.stats["abproxy"].missingTruth)
+	fmt.Fprintf(&sb, "sim-internal TTFT p50 %s ms, E2E p50 %s ms; client+sim process CPU per 1k chunks %s ms; mean streams in flight %s; truth misses %s (%s)\n",
+		r.each("%.3f", func(st *ovhStats) any { return ovhPct(st.simTTFT, 50) }),
+		r.each("%.1f", func(st *ovhStats) any { return ovhPct(st.simE2E, 50) }),
+		r.each("%.1f", func(st *ovhStats) any { return cpuPer1k(st.selfTicks, st.chunks) }),
+		r.each("%.0f", func(st *ovhStats) any { return st.inFlight() }),
+		r.each("%d", func(st *ovhStats) any { return st.missingTruth }),
+		strings.Join(ovhTargetNames, " / "))
 	return sb.String()
+}
+
+// each formats f of every target's stats, in table order, joined by " / ".
+func (r *ovhLevelResult) each(format string, f func(*ovhStats) any) string {
+	parts := make([]string, len(ovhTargetNames))
+	for i, name := range ovhTargetNames {
+		parts[i] = fmt.Sprintf(format, f(r.stats[name]))
+	}
+	return strings.Join(parts, " / ")
 }
 
 // versus is abproxy's hop percentiles minus nginx's, each with the 95 %
@@ -707,18 +740,28 @@ func (r *ovhLevelResult) table() string {
 // together): requests within a round share its conditions, so resampling
 // single requests would give intervals far too narrow. With the default
 // 3–4 rounds the interval is coarse; ABPROXY_OVERHEAD_ROUNDS sharpens it.
+// With abproxy-b, the line goes on with abproxy-b minus abproxy.
 func (r *ovhLevelResult) versus() string {
-	n, a := r.stats["nginx"], r.stats["abproxy"]
+	s := fmt.Sprintf("abproxy minus nginx, hop ms (95%% interval from resampling the %d rounds): %s",
+		len(r.stats["nginx"].hopTTFTRounds), r.minus("nginx", "abproxy"))
+	if _, ok := r.stats[ovhNameB]; ok {
+		s += "; " + ovhNameB + " minus abproxy: " + r.minus("abproxy", ovhNameB)
+	}
+	return s
+}
+
+// minus is y's hop TTFT and E2E p50 and p99 minus x's, with intervals.
+func (r *ovhLevelResult) minus(x, y string) string {
+	xs, ys := r.stats[x], r.stats[y]
 	diff := func(rounds func(*ovhStats) [][]float64, p float64) string {
-		f := func(x, y []float64) float64 { return ovhPct(y, p) - ovhPct(x, p) }
-		nx, ax := rounds(n), rounds(a)
-		lo, hi := roundBootstrap(nx, ax, f)
-		return fmt.Sprintf("%+.3f [%+.3f, %+.3f]", f(slices.Concat(nx...), slices.Concat(ax...)), lo, hi)
+		f := func(a, b []float64) float64 { return ovhPct(b, p) - ovhPct(a, p) }
+		xr, yr := rounds(xs), rounds(ys)
+		lo, hi := roundBootstrap(xr, yr, f)
+		return fmt.Sprintf("%+.3f [%+.3f, %+.3f]", f(slices.Concat(xr...), slices.Concat(yr...)), lo, hi)
 	}
 	ttft := func(s *ovhStats) [][]float64 { return s.hopTTFTRounds }
 	e2e := func(s *ovhStats) [][]float64 { return s.hopE2ERounds }
-	return fmt.Sprintf("abproxy minus nginx, hop ms (95%% interval from resampling the %d rounds): TTFT p50 %s, p99 %s; E2E p50 %s, p99 %s",
-		len(n.hopTTFTRounds), diff(ttft, 50), diff(ttft, 99), diff(e2e, 50), diff(e2e, 99))
+	return fmt.Sprintf("TTFT p50 %s, p99 %s; E2E p50 %s, p99 %s", diff(ttft, 50), diff(ttft, 99), diff(e2e, 50), diff(e2e, 99))
 }
 
 func (st *ovhStats) inFlight() float64 { return st.streamTime.Seconds() / st.wall.Seconds() }
@@ -761,13 +804,12 @@ func (r *ovhLevelResult) markdown() string {
 			ovhPct(st.hopTTFT, 50), ovhPct(st.hopTTFT, 99), ovhPct(st.hopE2E, 50), ovhPct(st.hopE2E, 99),
 			st.chunksPerSec(), cpu, kib, st.otherPct())
 	}
-	d := r.stats["direct"]
 	fmt.Fprintf(&sb, "\n%s\n", r.versus())
-	fmt.Fprintf(&sb, "\nsim-internal TTFT p50 (direct / nginx / abproxy): %.3f / %.3f / %.3f ms; client+sim process CPU ms per 1k chunks: %.1f / %.1f / %.1f; mean streams in flight: %.0f / %.0f / %.0f\n",
-		ovhPct(d.simTTFT, 50), ovhPct(r.stats["nginx"].simTTFT, 50), ovhPct(r.stats["abproxy"].simTTFT, 50),
-		cpuPer1k(d.selfTicks, d.chunks), cpuPer1k(r.stats["nginx"].selfTicks, r.stats["nginx"].chunks),
-		cpuPer1k(r.stats["abproxy"].selfTicks, r.stats["abproxy"].chunks),
-		d.inFlight(), r.stats["nginx"].inFlight(), r.stats["abproxy"].inFlight())
+	fmt.Fprintf(&sb, "\nsim-internal TTFT p50 (%s): %s ms; client+sim process CPU ms per 1k chunks: %s; mean streams in flight: %s\n",
+		strings.Join(ovhTargetNames, " / "),
+		r.each("%.3f", func(st *ovhStats) any { return ovhPct(st.simTTFT, 50) }),
+		r.each("%.1f", func(st *ovhStats) any { return cpuPer1k(st.selfTicks, st.chunks) }),
+		r.each("%.0f", func(st *ovhStats) any { return st.inFlight() }))
 	return sb.String()
 }
 

@@ -315,11 +315,29 @@ func ovhStartAbproxyConfig(dir, name string, cfg func(listen, db string) string)
 	return ovhLaunchAbproxy(dir, name, addr, db, []string{"serve", "--config", path, "--run", "overhead"}, []string{ovhConfigEnv + "=" + path})
 }
 
+// ovhStartAbproxyB starts the built binary bin as the second abproxy, with
+// the same arguments as the first and a database of its own.
+func ovhStartAbproxyB(dir, backendURL, bin string) (*ovhProc, error) {
+	addr, err := ovhFreeAddr()
+	if err != nil {
+		return nil, err
+	}
+	db := filepath.Join(dir, ovhNameB+".db")
+	args := []string{"serve", "--backend", "sim=" + backendURL, "--listen", addr, "--db", db, "--run", "overhead"}
+	return ovhLaunch(bin, dir, ovhNameB, addr, db, args, nil)
+}
+
 // ovhLaunchAbproxy runs the proxy as a child: ABPROXY_OVERHEAD_BIN with
 // args when set, else this test binary in serve mode with env.
 func ovhLaunchAbproxy(dir, name, addr, db string, args, env []string) (*ovhProc, error) {
+	return ovhLaunch(os.Getenv("ABPROXY_OVERHEAD_BIN"), dir, name, addr, db, args, env)
+}
+
+// ovhLaunch runs bin with args, or with bin empty this test binary in
+// serve mode with env, plus ABPROXY_OVERHEAD_CHILD_ENV either way.
+func ovhLaunch(bin, dir, name, addr, db string, args, env []string) (*ovhProc, error) {
 	var cmd *exec.Cmd
-	if bin := os.Getenv("ABPROXY_OVERHEAD_BIN"); bin != "" {
+	if bin != "" {
 		cmd = exec.Command(bin, args...)
 		cmd.Env = os.Environ()
 	} else {
