@@ -52,6 +52,18 @@ func (o *gateObserver) count() int {
 	return len(o.seen)
 }
 
+// startObserved serves a proxy with obs as its Observer in front of a sim.
+func startObserved(t *testing.T, obs Observer) (string, *Proxy, *memSink) {
+	t.Helper()
+	simURL := startSim(t, 200, nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return startProxyWith(t, ln, nil, func(o *Options) { o.Observer = obs },
+		config.Backend{Name: "sim", URL: simURL, Model: "Qwen/Qwen2.5-14B-Instruct"})
+}
+
 func streamBody(i int) string {
 	return fmt.Sprintf(`{"model":"Qwen/Qwen2.5-14B-Instruct","messages":[{"role":"user","content":"observe %d"}],"max_tokens":6,"ignore_eos":true,"stream":true}`, i)
 }
@@ -61,14 +73,8 @@ func streamBody(i int) string {
 // Observe ran on the request's goroutine); every request is observed once
 // the Observer moves again, and Shutdown returns after the last one.
 func TestObserverOffTheRequestsWay(t *testing.T) {
-	simURL := startSim(t, 200, nil)
 	obs := newGateObserver(false)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	px, p, sink := startProxyWith(t, ln, nil, func(o *Options) { o.Observer = obs },
-		config.Backend{Name: "sim", URL: simURL, Model: "Qwen/Qwen2.5-14B-Instruct"})
+	px, p, sink := startObserved(t, obs)
 	opened := sync.OnceFunc(func() { close(obs.gate) })
 	t.Cleanup(opened) // before the proxy's Shutdown, which waits for the Observer
 
@@ -125,14 +131,8 @@ func TestObserverOffTheRequestsWay(t *testing.T) {
 // ObserveDelay after the requests end, and concurrent requests never make
 // Observe calls overlap.
 func TestObserverWithoutShutdown(t *testing.T) {
-	simURL := startSim(t, 200, nil)
 	obs := newGateObserver(true)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	px, _, _ := startProxyWith(t, ln, nil, func(o *Options) { o.Observer = obs },
-		config.Backend{Name: "sim", URL: simURL, Model: "Qwen/Qwen2.5-14B-Instruct"})
+	px, _, _ := startObserved(t, obs)
 	const n = 40
 	var wg sync.WaitGroup
 	for i := range n {

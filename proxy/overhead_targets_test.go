@@ -292,7 +292,7 @@ func ovhStartAbproxy(b *testing.B, dir, backendURL, cpuProfile string) (*ovhProc
 	if keep := os.Getenv("ABPROXY_OVERHEAD_KEEPDB"); keep != "" {
 		db = keep // keep abproxy's records after the run, to query them
 	}
-	args := []string{"serve", "--backend", "sim=" + backendURL, "--listen", addr, "--db", db, "--run", "overhead"}
+	args := ovhServeArgs(backendURL, addr, db)
 	env := []string{ovhListenEnv + "=" + addr, ovhBackendEnv + "=" + backendURL, ovhDBEnv + "=" + db}
 	if cpuProfile != "" {
 		env = append(env, ovhProfileEnv+"="+cpuProfile)
@@ -315,6 +315,11 @@ func ovhStartAbproxyConfig(dir, name string, cfg func(listen, db string) string)
 	return ovhLaunchAbproxy(dir, name, addr, db, []string{"serve", "--config", path, "--run", "overhead"}, []string{ovhConfigEnv + "=" + path})
 }
 
+// ovhServeArgs are `abproxy serve`'s arguments for one backend.
+func ovhServeArgs(backendURL, addr, db string) []string {
+	return []string{"serve", "--backend", "sim=" + backendURL, "--listen", addr, "--db", db, "--run", "overhead"}
+}
+
 // ovhStartAbproxyB starts the built binary bin as the second abproxy, with
 // the same arguments as the first and a database of its own.
 func ovhStartAbproxyB(dir, backendURL, bin string) (*ovhProc, error) {
@@ -323,8 +328,7 @@ func ovhStartAbproxyB(dir, backendURL, bin string) (*ovhProc, error) {
 		return nil, err
 	}
 	db := filepath.Join(dir, ovhNameB+".db")
-	args := []string{"serve", "--backend", "sim=" + backendURL, "--listen", addr, "--db", db, "--run", "overhead"}
-	return ovhLaunch(bin, dir, ovhNameB, addr, db, args, nil)
+	return ovhLaunch(bin, dir, ovhNameB, addr, db, ovhServeArgs(backendURL, addr, db), nil)
 }
 
 // ovhLaunchAbproxy runs the proxy as a child: ABPROXY_OVERHEAD_BIN with
