@@ -25,9 +25,8 @@ type observations struct {
 	delay time.Duration
 	timer *time.Timer
 
-	mu      sync.Mutex // guards pending and armed
+	mu      sync.Mutex // guards pending, which is not empty while the timer is armed
 	pending []Observation
-	armed   bool
 
 	dmu   sync.Mutex // one batch at a time, so Observe calls never overlap; guards spare
 	spare []Observation
@@ -43,9 +42,8 @@ func newObservations(obs Observer, delay time.Duration) *observations {
 // add queues one finished request. It never waits on the Observer.
 func (q *observations) add(rec *recorder.Request, firstSentNS int64) {
 	q.mu.Lock()
+	arm := len(q.pending) == 0 // the first since the last batch
 	q.pending = append(q.pending, Observation{Record: rec, FirstTokenSentNS: firstSentNS})
-	arm := !q.armed
-	q.armed = true
 	q.mu.Unlock()
 	if arm {
 		q.timer.Reset(q.delay)
@@ -60,7 +58,6 @@ func (q *observations) drain() {
 	q.mu.Lock()
 	batch := q.pending
 	q.pending, q.spare = q.spare, nil
-	q.armed = false
 	q.mu.Unlock()
 	for i := range batch {
 		q.obs.Observe(&batch[i])

@@ -232,8 +232,7 @@ func ovhChildServe() int {
 	if _, err := rec.EnsureRun(recorder.Run{Name: "overhead", Kind: recorder.KindBench, StartedNS: time.Now().UnixNano()}); err != nil {
 		return fail(err)
 	}
-	// the metrics `abproxy serve` keeps: Observe runs on each request's
-	// goroutine after its stream's last write
+	// the metrics `abproxy serve` keeps, observed in the proxy's batches
 	metrics := admin.NewMetrics(cfg.BackendNames())
 	p, err := proxy.New(proxy.Options{Config: cfg, Sink: rec, Logger: log.Named("proxy"), Run: "overhead", GovernProcs: true, Observer: metrics})
 	if err != nil {

@@ -384,24 +384,14 @@ func unescape(d []byte, scratch *[]byte) (s, rest []byte, ok bool) {
 
 // hex4 reads the four hex digits of a \u escape.
 func hex4(d []byte) (rune, bool) {
+	var b [2]byte
 	if len(d) < 4 {
 		return 0, false
 	}
-	var r rune
-	for _, c := range d[:4] {
-		switch {
-		case c >= '0' && c <= '9':
-			c -= '0'
-		case c >= 'a' && c <= 'f':
-			c -= 'a' - 10
-		case c >= 'A' && c <= 'F':
-			c -= 'A' - 10
-		default:
-			return 0, false
-		}
-		r = r<<4 | rune(c)
+	if _, err := hex.Decode(b[:], d[:4]); err != nil {
+		return 0, false
 	}
-	return r, true
+	return rune(b[0])<<8 | rune(b[1]), true
 }
 
 // plainString reads a JSON string without escapes at the start of d and
