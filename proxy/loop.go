@@ -113,6 +113,36 @@ func (x *exchange) detach() {
 // pumpInLoop runs the stream in lp until it ends, its client's send
 // buffer fills, or the loop cannot take it; st.ended says which.
 func (x *exchange) pumpInLoop(lp *wire.Loop[exchange], st *pumpState) {
+	if st.raw != nil {
+		// the loop writes straight to the client's descriptor, held open
+		// for the stream's stay; a Close meanwhile waits for it. If the
+		// connection is closed already, the stream stays on its goroutine,
+		// whose first write then fails.
+		_ = st.raw.Hold(func(fd uintptr) {
+			st.cfd = fd
+			x.runInLoop(lp, st)
+		})
+	} else {
+		x.runInLoop(lp, st)
+	}
+	if st.busy {
+		// the client's send buffer was full: wait here for it to drain
+		x.p.loopHandbacks.Add(1)
+		st.busy = false
+		_, err := st.raw.Write(st.pending)
+		switch {
+		case err != nil && !st.ended:
+			x.clientGone(st, err)
+		case err == nil:
+			st.sentAll()
+		}
+		st.pending = nil
+	}
+}
+
+// runInLoop is pumpInLoop's time in the loop: the bytes that came with
+// the header, then the loop's steps until it lets go of the stream.
+func (x *exchange) runInLoop(lp *wire.Loop[exchange], st *pumpState) {
 	c, l := x.conn, &x.ls
 	c.sessFD, c.inSess = c.fd, true // reads report an empty socket, never wait
 	st.nonblock = true
@@ -129,35 +159,23 @@ func (x *exchange) pumpInLoop(lp *wire.Loop[exchange], st *pumpState) {
 	if st.head {
 		return // the headers still wait for events: a loop may not block on them
 	}
-	if !done {
-		l.st, l.lp, l.done = st, lp, make(chan struct{})
-		l.mu.Lock()
-		c.looped = true
-		slot, err := lp.Add(c.fd, x)
-		if err != nil {
-			c.looped = false
-			l.mu.Unlock()
-			x.p.log.Warn("stream kept on its goroutine: event loop refused it", zap.Error(err))
-			return
-		}
-		l.slot, l.attached = slot, true
+	if done {
+		return
+	}
+	l.st, l.lp, l.done = st, lp, make(chan struct{})
+	l.mu.Lock()
+	c.looped = true
+	slot, err := lp.Add(c.fd, x)
+	if err != nil {
+		c.looped = false
 		l.mu.Unlock()
-		x.p.loopStreams.Add(1)
-		x.awaitLoop()
+		x.p.log.Warn("stream kept on its goroutine: event loop refused it", zap.Error(err))
+		return
 	}
-	if st.busy {
-		// the client's send buffer was full: wait here for it to drain
-		x.p.loopHandbacks.Add(1)
-		st.busy = false
-		_, err := st.raw.Write(st.pending)
-		switch {
-		case err != nil && !st.ended:
-			x.clientGone(st, err)
-		case err == nil:
-			st.sentAll()
-		}
-		st.pending = nil
-	}
+	l.slot, l.attached = slot, true
+	l.mu.Unlock()
+	x.p.loopStreams.Add(1)
+	x.awaitLoop()
 }
 
 // awaitLoop sleeps until the loop lets go of the stream, cutting it at the

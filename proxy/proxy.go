@@ -881,6 +881,7 @@ type pumpState struct {
 	// is full gets the stream handed back to its own goroutine, with the
 	// framed bytes the socket did not take in pending.
 	nonblock bool
+	cfd      uintptr // the client's descriptor, held open while nonblock and raw != nil
 	busy     bool
 	pending  []byte
 	// last: the body's last chunk goes out with the final events, so that
@@ -967,7 +968,7 @@ func (st *pumpState) flush(p *Proxy) error {
 		frame := st.out[i:]
 		var m int
 		if st.nonblock {
-			m, err = st.raw.TryWrite(frame)
+			m, err = wire.TryWriteFD(st.cfd, frame)
 			if err == wire.ErrWouldBlock {
 				st.pending = append(st.pending[:0], frame[m:]...)
 				m, err = len(frame), errClientBusy

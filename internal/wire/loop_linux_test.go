@@ -225,15 +225,50 @@ func TestLoopYieldsDuringABurst(t *testing.T) {
 	}
 }
 
-// TryWrite reports a full send buffer instead of waiting, with what the
+// TryWriteFD reports a full send buffer instead of waiting, with what the
 // socket took.
 func TestTryWriteWouldBlock(t *testing.T) {
 	c, _ := loopbackPair(t) // the peer never reads
 	rc := NewRxConn(c)
 	p := make([]byte, 64<<20)
-	n, err := rc.TryWrite(p)
+	var n int
+	var err error
+	if herr := rc.Hold(func(fd uintptr) { n, err = TryWriteFD(fd, p) }); herr != nil {
+		t.Fatal(herr)
+	}
 	if err != ErrWouldBlock || n <= 0 || n >= len(p) {
-		t.Fatalf("TryWrite of 64 MiB to a peer that does not read: %d, %v", n, err)
+		t.Fatalf("TryWriteFD of 64 MiB to a peer that does not read: %d, %v", n, err)
+	}
+}
+
+// A Close while the descriptor is held waits for Hold's function to
+// return, so a write inside it still reaches this connection's peer and
+// never a connection that was given the same number meanwhile.
+func TestHoldKeepsTheDescriptor(t *testing.T) {
+	c, s := loopbackPair(t)
+	rc := NewRxConn(c)
+	closed := make(chan struct{})
+	var n int
+	var werr error
+	err := rc.Hold(func(fd uintptr) {
+		go func() { rc.Close(); close(closed) }()
+		select {
+		case <-closed:
+			t.Error("Close returned while the descriptor was held")
+		case <-time.After(100 * time.Millisecond):
+		}
+		n, werr = TryWriteFD(fd, []byte("still ours"))
+	})
+	if err != nil || werr != nil || n != len("still ours") {
+		t.Fatalf("Hold: %v; write inside it: %d, %v", err, n, werr)
+	}
+	<-closed
+	got, _ := io.ReadAll(s)
+	if string(got) != "still ours" {
+		t.Fatalf("peer got %q", got)
+	}
+	if err := rc.Hold(func(uintptr) { t.Error("Hold ran on a closed connection") }); err == nil {
+		t.Error("Hold on a closed connection returned no error")
 	}
 }
 

@@ -25,5 +25,8 @@ func (l *Loop[T]) Run() error { panic("unreachable") }
 // Close is never called: NewLoop fails.
 func (l *Loop[T]) Close() error { panic("unreachable") }
 
-// TryWrite is never called: NewRxConn returns nil.
-func (c *RxConn) TryWrite([]byte) (int, error) { panic("unreachable") }
+// Hold is never called: NewRxConn returns nil.
+func (c *RxConn) Hold(func(fd uintptr)) error { panic("unreachable") }
+
+// TryWriteFD is never called: NewRxConn returns nil.
+func TryWriteFD(uintptr, []byte) (int, error) { panic("unreachable") }

@@ -20,11 +20,15 @@ import (
 
 // RxReader reads from a TCP socket and reports the kernel receive time.
 type RxReader struct {
-	c   net.Conn
-	raw syscall.RawConn
-	oob []byte
-	w   rxWrite
-	rd  rxRead
+	// oob, in oobBuf: the control message lands in the line that holds
+	// the slice, not in an allocation of its own that is cold by the next
+	// chunk
+	oob    []byte
+	oobBuf [32]byte
+	c      net.Conn
+	raw    syscall.RawConn
+	w      rxWrite
+	rd     rxRead
 }
 
 // rxRead is Read's state, bound once like rxWrite's; one reader at a time.
@@ -36,8 +40,8 @@ type rxRead struct {
 	fn   func(fd uintptr) bool
 }
 
-// rxWrite is a write's state, which the callbacks given to the RawConn
-// share with Write and TryWrite. Bound once per connection, so that a
+// rxWrite is a write's state, which the callback given to the RawConn
+// shares with Write. Bound once per connection, so that a
 // write allocates nothing: a closure over a write's locals escapes to the
 // heap through the RawConn interface, three allocations per chunk. One
 // writer at a time, as for any net.Conn write that must not interleave.
@@ -45,8 +49,7 @@ type rxWrite struct {
 	p       []byte
 	written int
 	err     error
-	try     func(fd uintptr)      // one non-blocking attempt (TryWrite)
-	wait    func(fd uintptr) bool // until written or failed (Write)
+	wait    func(fd uintptr) bool // until written or failed
 }
 
 // NewRxReader enables kernel receive timestamps on c; nil if unsupported.
@@ -65,14 +68,18 @@ func NewRxReader(c net.Conn) *RxReader {
 	}); err != nil || serr != nil {
 		return nil
 	}
-	r := &RxReader{c: c, raw: raw, oob: make([]byte, unix.CmsgSpace(16))}
+	r := &RxReader{c: c, raw: raw}
+	if n := unix.CmsgSpace(16); n <= len(r.oobBuf) {
+		r.oob = r.oobBuf[:n]
+	} else {
+		r.oob = make([]byte, n)
+	}
 	rd := &r.rd
 	rd.fn = func(fd uintptr) bool {
 		rd.n, rd.rxNS, rd.err = r.ReadFD(fd, rd.p)
 		return rd.err != ErrWouldBlock
 	}
 	w := &r.w
-	w.try = func(fd uintptr) { w.err = writeFrom(fd, w.p, &w.written) }
 	w.wait = func(fd uintptr) bool {
 		w.err = writeFrom(fd, w.p, &w.written)
 		if w.err == unix.EAGAIN {
