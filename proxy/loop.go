@@ -100,8 +100,13 @@ func loopReady(x *exchange) {
 	l.mu.Unlock()
 }
 
-// loopFirst: x waits for its first token, which goes before other streams'.
-func loopFirst(x *exchange) bool { return x.firstSent.Load() == 0 }
+// loopFirst: x waits for its first token, or has had data: [DONE] and
+// waits only for the end of its body; either goes before other streams'
+// tokens. A backend writes the chunked terminator after [DONE] in a write
+// of its own (vLLM's server as much as the sim), and when the two were
+// read apart, the terminator, which ends the client's response, queued
+// behind a whole burst of other streams' tokens.
+func loopFirst(x *exchange) bool { return x.firstSent.Load() == 0 || x.doneNS.Load() != 0 }
 
 // detach takes the stream out of its loop; l.mu is held.
 func (x *exchange) detach() {

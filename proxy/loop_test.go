@@ -289,3 +289,93 @@ func TestLoopServesFirstTokensFirst(t *testing.T) {
 		}
 	}
 }
+
+// A stream that has had data: [DONE] but not yet the chunked terminator
+// behind it (a backend writes the two apart) is served before the tokens
+// of other streams: the terminator ends its client's response, and the
+// client's next request waits for it.
+func TestLoopServesEndsFirst(t *testing.T) {
+	const k = 6 // k-1 streams mid-answer, then one waiting for its terminator
+	conns := make(chan net.Conn, k)
+	hold := make(chan struct{})
+	defer close(hold)
+	be := startFault(t, func(c net.Conn, _ *faultBackend) {
+		io.WriteString(c, sseHead+chunk(contentEvent))
+		conns <- c
+		<-hold
+	})
+	px, p, _ := startProxy(t, func(c *config.Config) { loopsAlways(c); c.Proxy.EventLoops = 1 },
+		config.Backend{Name: "b", URL: be})
+	addr := strings.TrimPrefix(px, "http://")
+	req := "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+	body := `{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true}`
+	clients := make([]*wire.RxReader, k)
+	ups := make([]net.Conn, k)
+	buf := make([]byte, 64<<10)
+	got := make([]string, k)
+	// readUntil reads client i until what it got contains want; the kernel
+	// receive time of the read that completed it
+	readUntil := func(i int, want string, n int) int64 {
+		t.Helper()
+		for strings.Count(got[i], want) < n {
+			m, rx, err := clients[i].Read(buf)
+			if err != nil {
+				t.Fatalf("client %d: %v (got %q)", i, err, got[i])
+			}
+			got[i] += string(buf[:m])
+			if strings.Count(got[i], want) >= n {
+				return rx
+			}
+		}
+		return 0
+	}
+	for i := range k {
+		nc, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		nc.SetDeadline(time.Now().Add(10 * time.Second))
+		if clients[i] = wire.NewRxReader(nc); clients[i] == nil {
+			t.Skip("no kernel receive timestamps here")
+		}
+		fmt.Fprintf(nc, req, len(body), body)
+		select {
+		case ups[i] = <-conns:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("request %d did not reach the backend", i)
+		}
+		readUntil(i, `"content":"tok"`, 1) // the first token came with the header
+		for deadline := time.Now().Add(5 * time.Second); p.loopStreams.Load() <= int64(i); {
+			if time.Now().After(deadline) {
+				t.Fatalf("stream %d did not join the loop", i)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		// a second token, through the loop
+		io.WriteString(ups[i], chunk(contentEvent))
+		readUntil(i, `"content":"tok"`, 2)
+	}
+	defer func() { // end the others' streams, so the proxy's shutdown need not wait
+		for _, c := range ups[:k-1] {
+			io.WriteString(c, chunk("data: [DONE]\n\n")+"0\r\n\r\n")
+		}
+	}()
+	// the last stream's [DONE] goes through on its own
+	io.WriteString(ups[k-1], chunk("data: [DONE]\n\n"))
+	readUntil(k-1, "[DONE]", 1)
+	// One P: the loop cannot run until every write below is done, so it
+	// finds all k sockets readable in one batch, the ending one listed last.
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	for _, c := range ups[:k-1] {
+		io.WriteString(c, chunk(contentEvent))
+	}
+	io.WriteString(ups[k-1], "0\r\n\r\n")
+	end := readUntil(k-1, "0\r\n\r\n", 1)
+	for i := range k - 1 {
+		if rx := readUntil(i, `"content":"tok"`, 3); end > rx {
+			t.Fatalf("the ending stream's response ended %.0f µs after stream %d's token reached its client",
+				float64(end-rx)/1e3, i)
+		}
+	}
+}

@@ -513,8 +513,9 @@ type exchange struct {
 	firstSent atomic.Int64
 	// doneNS is when data: [DONE] arrived: the stream's end (DESIGN.md),
 	// not the chunked terminator behind it, which a backend writes
-	// separately and a busy one may send milliseconds later
-	doneNS int64
+	// separately and a busy one may send milliseconds later. Atomic, as
+	// firstSent: loopFirst reads it.
+	doneNS atomic.Int64
 	// headWithEvents: the response headers wait in fasthttp's buffer for
 	// the first events, which then go through fasthttp's writer with them
 	headWithEvents bool
@@ -1062,8 +1063,8 @@ func (x *exchange) endStream(st *pumpState, err error) {
 	st.ended = true
 	if err == io.EOF {
 		rec.EndNS = st.t
-		if x.doneNS != 0 {
-			rec.EndNS = x.doneNS
+		if d := x.doneNS.Load(); d != 0 {
+			rec.EndNS = d
 		}
 		st.reuse = x.dec.reusable()
 		return
@@ -1121,8 +1122,8 @@ func (x *exchange) event(ev []byte, t int64, out []byte) []byte {
 				return out // the proxy asked for it, the client did not
 			}
 		case eventDone:
-			if x.doneNS == 0 {
-				x.doneNS = t
+			if x.doneNS.Load() == 0 {
+				x.doneNS.Store(t)
 			}
 		}
 	}
