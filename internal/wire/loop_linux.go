@@ -27,9 +27,10 @@ import (
 // as normal.
 //
 // The streams that NewLoop's first picks go before every stream still
-// queued: a stream waiting for its first token should not queue behind a
-// burst of other streams' tokens, which the kernel lists first when the
-// backend writes new requests' tokens last.
+// queued: a stream waiting for its first token, or for the end of its
+// response, should not queue behind a burst of other streams' tokens,
+// which the kernel lists first when the backend writes new requests'
+// tokens last.
 type Loop[T any] struct {
 	epfd   int
 	kick   int // eventfd in the set: a write makes the set readable again
