@@ -222,8 +222,6 @@ func TestLoopServesFirstTokensFirst(t *testing.T) {
 	px, p, _ := startProxy(t, func(c *config.Config) { loopsAlways(c); c.Proxy.EventLoops = 1 },
 		config.Backend{Name: "b", URL: be})
 	addr := strings.TrimPrefix(px, "http://")
-	req := "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-	body := `{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true}`
 	clients := make([]*wire.RxReader, k)
 	ups := make([]net.Conn, k)
 	buf := make([]byte, 64<<10)
@@ -246,27 +244,8 @@ func TestLoopServesFirstTokensFirst(t *testing.T) {
 		return 0
 	}
 	for i := range k {
-		nc, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer nc.Close()
-		nc.SetDeadline(time.Now().Add(10 * time.Second))
-		if clients[i] = wire.NewRxReader(nc); clients[i] == nil {
-			t.Skip("no kernel receive timestamps here")
-		}
-		fmt.Fprintf(nc, req, len(body), body)
-		select {
-		case ups[i] = <-conns:
-		case <-time.After(5 * time.Second):
-			t.Fatalf("request %d did not reach the backend", i)
-		}
-		for deadline := time.Now().Add(5 * time.Second); p.loopStreams.Load() <= int64(i); {
-			if time.Now().After(deadline) {
-				t.Fatalf("stream %d did not join the loop", i)
-			}
-			time.Sleep(time.Millisecond)
-		}
+		clients[i], ups[i] = streamThrough(t, addr, conns)
+		waitLoopStreams(t, p, i+1)
 		if i < k-1 { // its first token goes through the loop
 			io.WriteString(ups[i], chunk(contentEvent))
 			readUntil(i, 1)
@@ -307,8 +286,6 @@ func TestLoopServesEndsFirst(t *testing.T) {
 	px, p, _ := startProxy(t, func(c *config.Config) { loopsAlways(c); c.Proxy.EventLoops = 1 },
 		config.Backend{Name: "b", URL: be})
 	addr := strings.TrimPrefix(px, "http://")
-	req := "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-	body := `{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true}`
 	clients := make([]*wire.RxReader, k)
 	ups := make([]net.Conn, k)
 	buf := make([]byte, 64<<10)
@@ -330,28 +307,9 @@ func TestLoopServesEndsFirst(t *testing.T) {
 		return 0
 	}
 	for i := range k {
-		nc, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer nc.Close()
-		nc.SetDeadline(time.Now().Add(10 * time.Second))
-		if clients[i] = wire.NewRxReader(nc); clients[i] == nil {
-			t.Skip("no kernel receive timestamps here")
-		}
-		fmt.Fprintf(nc, req, len(body), body)
-		select {
-		case ups[i] = <-conns:
-		case <-time.After(5 * time.Second):
-			t.Fatalf("request %d did not reach the backend", i)
-		}
+		clients[i], ups[i] = streamThrough(t, addr, conns)
 		readUntil(i, `"content":"tok"`, 1) // the first token came with the header
-		for deadline := time.Now().Add(5 * time.Second); p.loopStreams.Load() <= int64(i); {
-			if time.Now().After(deadline) {
-				t.Fatalf("stream %d did not join the loop", i)
-			}
-			time.Sleep(time.Millisecond)
-		}
+		waitLoopStreams(t, p, i+1)
 		// a second token, through the loop
 		io.WriteString(ups[i], chunk(contentEvent))
 		readUntil(i, `"content":"tok"`, 2)
@@ -377,5 +335,42 @@ func TestLoopServesEndsFirst(t *testing.T) {
 			t.Fatalf("the ending stream's response ended %.0f µs after stream %d's token reached its client",
 				float64(end-rx)/1e3, i)
 		}
+	}
+}
+
+// streamThrough sends a streamed chat request to the proxy at addr and
+// returns the client's reader, with kernel receive times, and the
+// backend's side of the upstream connection, taken from conns.
+func streamThrough(t *testing.T, addr string, conns <-chan net.Conn) (*wire.RxReader, net.Conn) {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	nc.SetDeadline(time.Now().Add(10 * time.Second))
+	rx := wire.NewRxReader(nc)
+	if rx == nil {
+		t.Skip("no kernel receive timestamps here")
+	}
+	body := `{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true}`
+	fmt.Fprintf(nc, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	select {
+	case up := <-conns:
+		return rx, up
+	case <-time.After(5 * time.Second):
+		t.Fatal("the request did not reach the backend")
+		return nil, nil
+	}
+}
+
+// waitLoopStreams waits until n streams have joined p's loops.
+func waitLoopStreams(t *testing.T, p *Proxy, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); p.loopStreams.Load() < int64(n); {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d streams joined the loop", p.loopStreams.Load(), n)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
