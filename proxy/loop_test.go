@@ -210,18 +210,7 @@ func TestLoopCount(t *testing.T) {
 // new request's first token would otherwise wait for the whole burst.
 func TestLoopServesFirstTokensFirst(t *testing.T) {
 	const k = 6 // k-1 streams with a first token, then one without
-	conns := make(chan net.Conn, k)
-	hold := make(chan struct{})
-	defer close(hold)
-	be := startFault(t, func(c net.Conn, _ *faultBackend) {
-		io.WriteString(c, sseHead)
-		conns <- c
-		<-hold
-		io.WriteString(c, chunk("data: [DONE]\n\n")+"0\r\n\r\n")
-	})
-	px, p, _ := startProxy(t, func(c *config.Config) { loopsAlways(c); c.Proxy.EventLoops = 1 },
-		config.Backend{Name: "b", URL: be})
-	addr := strings.TrimPrefix(px, "http://")
+	addr, p, conns := oneLoopProxy(t, k, sseHead, chunk("data: [DONE]\n\n")+"0\r\n\r\n")
 	clients := make([]*wire.RxReader, k)
 	ups := make([]net.Conn, k)
 	buf := make([]byte, 64<<10)
@@ -275,17 +264,7 @@ func TestLoopServesFirstTokensFirst(t *testing.T) {
 // client's next request waits for it.
 func TestLoopServesEndsFirst(t *testing.T) {
 	const k = 6 // k-1 streams mid-answer, then one waiting for its terminator
-	conns := make(chan net.Conn, k)
-	hold := make(chan struct{})
-	defer close(hold)
-	be := startFault(t, func(c net.Conn, _ *faultBackend) {
-		io.WriteString(c, sseHead+chunk(contentEvent))
-		conns <- c
-		<-hold
-	})
-	px, p, _ := startProxy(t, func(c *config.Config) { loopsAlways(c); c.Proxy.EventLoops = 1 },
-		config.Backend{Name: "b", URL: be})
-	addr := strings.TrimPrefix(px, "http://")
+	addr, p, conns := oneLoopProxy(t, k, sseHead+chunk(contentEvent), "")
 	clients := make([]*wire.RxReader, k)
 	ups := make([]net.Conn, k)
 	buf := make([]byte, 64<<10)
@@ -373,4 +352,24 @@ func waitLoopStreams(t *testing.T, p *Proxy, n int) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// oneLoopProxy starts a proxy with one event loop that takes every stream,
+// in front of a backend that answers each of up to k requests with head,
+// hands its side of the connection to conns, and writes tail when the
+// test ends.
+func oneLoopProxy(t *testing.T, k int, head, tail string) (addr string, p *Proxy, conns chan net.Conn) {
+	t.Helper()
+	conns = make(chan net.Conn, k)
+	hold := make(chan struct{})
+	be := startFault(t, func(c net.Conn, _ *faultBackend) {
+		io.WriteString(c, head)
+		conns <- c
+		<-hold
+		io.WriteString(c, tail)
+	})
+	px, p, _ := startProxy(t, func(c *config.Config) { loopsAlways(c); c.Proxy.EventLoops = 1 },
+		config.Backend{Name: "b", URL: be})
+	t.Cleanup(func() { close(hold) }) // before the proxy's shutdown, which waits for the streams
+	return strings.TrimPrefix(px, "http://"), p, conns
 }

@@ -1122,9 +1122,7 @@ func (x *exchange) event(ev []byte, t int64, out []byte) []byte {
 				return out // the proxy asked for it, the client did not
 			}
 		case eventDone:
-			if x.doneNS.Load() == 0 {
-				x.doneNS.Store(t)
-			}
+			x.doneNS.CompareAndSwap(0, t)
 		}
 	}
 	return append(out, ev...)

@@ -20,15 +20,14 @@ import (
 
 // RxReader reads from a TCP socket and reports the kernel receive time.
 type RxReader struct {
-	// oob, in oobBuf: the control message lands in the line that holds
-	// the slice, not in an allocation of its own that is cold by the next
-	// chunk
-	oob    []byte
-	oobBuf [32]byte
-	c      net.Conn
-	raw    syscall.RawConn
-	w      rxWrite
-	rd     rxRead
+	// oob takes one SCM_TIMESTAMPNS (unix.CmsgSpace(16) is 32 bytes or
+	// less); in the reader, not in an allocation of its own that is cold
+	// by the next chunk
+	oob [32]byte
+	c   net.Conn
+	raw syscall.RawConn
+	w   rxWrite
+	rd  rxRead
 }
 
 // rxRead is Read's state, bound once like rxWrite's; one reader at a time.
@@ -69,11 +68,6 @@ func NewRxReader(c net.Conn) *RxReader {
 		return nil
 	}
 	r := &RxReader{c: c, raw: raw}
-	if n := unix.CmsgSpace(16); n <= len(r.oobBuf) {
-		r.oob = r.oobBuf[:n]
-	} else {
-		r.oob = make([]byte, n)
-	}
 	rd := &r.rd
 	rd.fn = func(fd uintptr) bool {
 		rd.n, rd.rxNS, rd.err = r.ReadFD(fd, rd.p)
@@ -138,7 +132,7 @@ func (r *RxReader) Session(f func(fd uintptr) bool) error { return r.raw.Read(f)
 // (not a wait) when nothing is there.
 func (r *RxReader) ReadFD(fd uintptr, p []byte) (n int, rxNS int64, err error) {
 	var oobn int
-	n, oobn, err = recvmsg(fd, p, r.oob)
+	n, oobn, err = recvmsg(fd, p, r.oob[:])
 	if err == unix.EAGAIN {
 		return 0, 0, ErrWouldBlock
 	}
