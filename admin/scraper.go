@@ -155,6 +155,7 @@ func (s *Scraper) scrape(ctx context.Context, tg ScrapeTarget) ([]recorder.Backe
 		return nil, fmt.Errorf("scrape %s: %w", tg.Backend, err)
 	}
 	req.Header.Set("Accept", "text/plain;version=0.0.4")
+	sent := time.Now()
 	resp, err := s.client().Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("scrape %s: %w", tg.Backend, err)
@@ -164,7 +165,10 @@ func (s *Scraper) scrape(ctx context.Context, tg ScrapeTarget) ([]recorder.Backe
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10)) //nolint:errcheck
 		return nil, fmt.Errorf("scrape %s: %s answered %s", tg.Backend, tg.URL, resp.Status)
 	}
-	ts := time.Now().UnixNano()
+	// The answer shows the backend as it was at some moment between
+	// sending and now; the duration row lets the report tell.
+	answered := time.Now()
+	ts := answered.UnixNano()
 	p := expfmt.NewTextParser(model.UTF8Validation)
 	fams, err := p.TextToMetricFamilies(io.LimitReader(resp.Body, 32<<20))
 	if err != nil {
@@ -174,7 +178,9 @@ func (s *Scraper) scrape(ctx context.Context, tg ScrapeTarget) ([]recorder.Backe
 	if keep == nil {
 		keep = defaultKeep
 	}
-	return Flatten(tg.Backend, ts, fams, keep), nil
+	rows := Flatten(tg.Backend, ts, fams, keep)
+	return append(rows, recorder.BackendMetric{Backend: tg.Backend, TsNS: ts, Name: recorder.ScrapeDurationSeries, Labels: "{}",
+		Value: answered.Sub(sent).Seconds()}), nil
 }
 
 var defaultSeries = func() map[string]bool {

@@ -2,7 +2,10 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"testing"
 	"time"
@@ -79,7 +82,82 @@ func TestDirectBenchScrapesBackend(t *testing.T) {
 			continue
 		}
 		if v.TTFTRequests == nil || int(*v.TTFTRequests) != s.Completed || v.TTFTP50 == nil || v.RunningMax == nil || v.KVCacheMetric == "" {
-			t.Errorf("%s: server state %+v; want vLLM's TTFT count = %d completed requests, a TTFT P50, gauges", s.Run, *v, s.Completed)
+			b, _ := json.Marshal(v)
+			t.Errorf("%s: server state %s; want vLLM's TTFT count = %d completed requests, a TTFT P50, gauges", s.Run, b, s.Completed)
+		}
+	}
+}
+
+// TestSlowScrapesBracketRuns: a scrape sees the backend at some moment
+// between sending its request and the answer's arrival, so a slow
+// /metrics must not move a run's counters. The sim's /metrics is served
+// here through a handler that reads it at once and answers 300 ms later:
+// a scrape sent before a run's last first token but answered after its
+// end must not close the run's counter increase, or vLLM's TTFT count
+// misses that run's last requests (as it did once on a loaded CI box).
+func TestSlowScrapesBracketRuns(t *testing.T) {
+	url, _ := startSim(t, "optimized", 50, nil)
+	const delay = 300 * time.Millisecond
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		resp, err := http.Get(url + "/metrics")
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		time.Sleep(delay)
+		w.Header().Set("Content-Type", resp.Header.Get("Content-Type"))
+		w.Write(body) //nolint:errcheck
+	}))
+	t.Cleanup(slow.Close)
+
+	db := filepath.Join(t.TempDir(), "slow.db")
+	cfg := baseConfig(url+"/v1", db)
+	cfg.Backends = []string{"sim"}
+	cfg.Scenarios = []string{"D(60,200)"}
+	cfg.Concurrency = []int{1, 2, 4}
+	cfg.MaxRequests = 8
+	cfg.ScrapeInterval = 20 * time.Millisecond // back to back: one always in flight
+	cfg.Scrape = []string{"sim=" + slow.URL + "/metrics"}
+	ctx := context.Background()
+	b, err := New(ctx, cfg, Options{Progress: io.Discard, NewScraper: adminScraper})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	d := testutil.OpenDB(t, db)
+	all := queryInt(t, d, `SELECT count(*) FROM backend_metrics WHERE name = 'scrape_duration_seconds'`)
+	short := queryInt(t, d, `SELECT count(*) FROM backend_metrics WHERE name = 'scrape_duration_seconds' AND value < ?`, delay.Seconds())
+	if all < 6 || short != 0 {
+		t.Errorf("%d scrape durations stored (want one per scrape, at least 6), %d shorter than the %s the answer was held", all, short, delay)
+	}
+	rep, err := report.Build(ctx, d, report.Options{Database: db})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Runs) != 3 {
+		t.Fatalf("%d runs in the report, want 3", len(rep.Runs))
+	}
+	for _, s := range rep.Runs {
+		v := s.Server
+		if v == nil || v.TTFTRequests == nil || int(*v.TTFTRequests) != s.Completed || s.Completed != cfg.MaxRequests {
+			js, _ := json.Marshal(v)
+			t.Errorf("%s: server state %s; want vLLM's TTFT count = %d completed requests", s.Run, js, s.Completed)
+			continue
+		}
+		if v.CountersFrom.After(s.FirstStart) || v.CountersTo.Before(s.LastEnd.Add(delay)) {
+			t.Errorf("%s (%s to %s): counters from %s to %s; want a scrape answered before the first request and one sent after the last ended",
+				s.Run, s.FirstStart, s.LastEnd, v.CountersFrom, v.CountersTo)
 		}
 	}
 }

@@ -11,11 +11,19 @@ import (
 // an "le" label), NAME_sum and NAME_count.
 type BackendMetric struct {
 	Backend string  // backend name from the configuration
-	TsNS    int64   // scrape time, Unix ns
+	TsNS    int64   // scrape time, Unix ns: when the answer's headers arrived
 	Name    string  // series name, e.g. "vllm:num_requests_running"
 	Labels  string  // JSON object of the labels, keys sorted; "{}" when none
 	Value   float64 // sample value
 }
+
+// ScrapeDurationSeries is the row every scrape adds to its backend's
+// samples, as Prometheus adds its own series of that name: the seconds
+// from sending the scrape to its answer's headers (the samples' TsNS). The
+// backend's state in the samples is from some moment within that span, so
+// a scrape shows the backend as it was before a time T only if TsNS ≤ T,
+// and after T only if TsNS − duration ≥ T.
+const ScrapeDurationSeries = "scrape_duration_seconds"
 
 // maxMetricsPerTx bounds one backend_metrics transaction, so the request
 // writer, which shares the connection, never waits long behind a scrape.

@@ -10,15 +10,20 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/abproxy/abproxy/recorder"
 )
 
 // ServerStats are a backend's own view of one run, from the series of its
 // Prometheus /metrics that `abproxy serve` or `abproxy bench` scraped into
-// the backend_metrics table. Gauges are over the scrapes taken within the
-// run (its first request's start to its last request's end); counters and
-// vLLM's TTFT histogram are the increase between the last scrape at or
-// before the run's start and the first at or after its end (within
-// ServerSlack). A value the samples cannot give is null.
+// the backend_metrics table. A scrape shows the backend as it was at some
+// moment between sending it and its answer (recorder.ScrapeDurationSeries;
+// a database without that series counts the answer's time alone). Gauges
+// are over the scrapes taken within the run (sent after its first
+// request's start, answered before its last request's end); counters and
+// vLLM's TTFT histogram are the increase between the last scrape answered
+// at or before the run's start and the first sent at or after its end
+// (within ServerSlack). A value the samples cannot give is null.
 type ServerStats struct {
 	Samples       int        `json:"samples"`             // scrapes within the run: the gauges' samples
 	RunningMean   *float64   `json:"running_mean"`        // vllm:num_requests_running, mean over the samples
@@ -55,7 +60,8 @@ const (
 // label sets summed (running, waiting, counters, buckets) or averaged
 // (KV-cache usage, a share).
 type scrape struct {
-	ts               int64
+	ts               int64 // answered, Unix ns
+	sent             int64 // sent: ts less the scrape's duration
 	running, waiting float64
 	hasRun, hasWait  bool
 	kv, gpu          float64
@@ -99,8 +105,8 @@ func addServerStats(ctx context.Context, db *sql.DB, r *Report) error {
 // to, one scrape per timestamp, in time order.
 func readScrapes(ctx context.Context, db *sql.DB, backend string, from, to int64) ([]*scrape, error) {
 	rows, err := db.QueryContext(ctx, `SELECT ts_ns, name, labels, value FROM backend_metrics
-		WHERE backend = ? AND ts_ns BETWEEN ? AND ? AND name IN (?, ?, ?, ?, ?, ?, ?, ?)
-		ORDER BY ts_ns`, backend, from, to,
+		WHERE backend = ? AND ts_ns BETWEEN ? AND ? AND name IN (?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ORDER BY ts_ns`, backend, from, to, recorder.ScrapeDurationSeries,
 		seriesRunning, seriesWaiting, seriesKVCache, seriesGPUCache, seriesPreemptions,
 		seriesTTFT+"_bucket", seriesTTFT+"_sum", seriesTTFT+"_count")
 	if err != nil {
@@ -116,10 +122,14 @@ func readScrapes(ctx context.Context, db *sql.DB, backend string, from, to int64
 			return nil, fmt.Errorf("read backend_metrics: %w", err)
 		}
 		if len(out) == 0 || out[len(out)-1].ts != ts {
-			out = append(out, &scrape{ts: ts})
+			out = append(out, &scrape{ts: ts, sent: ts})
 		}
 		sc := out[len(out)-1]
 		switch name {
+		case recorder.ScrapeDurationSeries:
+			if v > 0 && !math.IsInf(v, 0) {
+				sc.sent = ts - int64(math.Round(v*1e9))
+			}
 		case seriesRunning:
 			sc.running, sc.hasRun = sc.running+v, true
 		case seriesWaiting:
@@ -167,21 +177,16 @@ func serverStats(scrapes []*scrape, start, end int64) *ServerStats {
 	var run, wait, kv, gpu []float64
 	var before, after, firstIn, lastIn *scrape
 	for _, sc := range scrapes {
-		switch {
-		case sc.ts < start:
-			before = sc
-			continue
-		case sc.ts > end:
-			if after == nil {
-				after = sc
-			}
-			continue
-		}
-		if sc.ts == start {
+		// scrapes are in answer order; one that overlaps an edge of the
+		// run is neither outside it nor within it
+		if sc.ts <= start {
 			before = sc
 		}
-		if sc.ts == end && after == nil {
+		if sc.sent >= end && after == nil {
 			after = sc
+		}
+		if sc.sent < start || sc.ts > end {
+			continue
 		}
 		if firstIn == nil {
 			firstIn = sc

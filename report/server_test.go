@@ -252,3 +252,33 @@ func show(v *float64) string {
 	}
 	return fmt.Sprint(*v)
 }
+
+// TestServerStatsScrapeSpans: a scrape shows the backend at some moment
+// between its sending and its answer, so one that overlaps the run's start
+// or end neither opens nor closes the counters' increase, nor is a gauge
+// sample, even where its answer's time alone would say so.
+func TestServerStatsScrapeSpans(t *testing.T) {
+	const start, end = 0, 1000
+	sc := func(sent, ts int64, running, count float64) *scrape {
+		return &scrape{ts: ts, sent: sent, running: running, hasRun: true, ttftCnt: count, hasCount: true}
+	}
+	st := serverStats([]*scrape{
+		sc(-500, -100, 0, 10), // answered before the start: opens the increase
+		sc(-50, 50, 99, 11),   // spans the start: may have seen the run's first requests, or none
+		sc(100, 200, 2, 12),   // within: the one gauge sample
+		sc(900, 1100, 50, 15), // spans the end: may miss the run's last first tokens
+		sc(1200, 1300, 0, 18), // sent after the end: closes the increase
+	}, start, end)
+	if st == nil {
+		t.Fatal("no server stats")
+	}
+	if st.Samples != 1 || st.RunningMax == nil || *st.RunningMax != 2 {
+		t.Errorf("%d samples, running max %v; want the one scrape within (2)", st.Samples, show(st.RunningMax))
+	}
+	if st.TTFTRequests == nil || *st.TTFTRequests != 8 {
+		t.Errorf("TTFT requests %v, want 18 − 10 = 8", show(st.TTFTRequests))
+	}
+	if st.CountersFrom == nil || st.CountersFrom.UnixNano() != -100 || st.CountersTo == nil || st.CountersTo.UnixNano() != 1300 {
+		t.Errorf("counters from %v to %v, want the scrapes answered at −100 ns and 1,300 ns", st.CountersFrom, st.CountersTo)
+	}
+}
