@@ -188,7 +188,7 @@ func TestDisconnectFreesSlot(t *testing.T) {
 // concurrent requests of 100+256 tokens, baseline's 55k-token KV admits
 // about 154 and queues the rest; optimized admits all 300.
 // The speedup leaves each request at least ~170 ms of life even alone, so
-// that all 300 are in before the first leave on a busy CI box (at 100, the
+// that all 300 are in before the first leaves on a busy CI box (at 100, the
 // first finished in ~40 ms and a loaded run peaked at 261).
 func TestBuiltinProfilesSaturation(t *testing.T) {
 	if testing.Short() {
