@@ -82,8 +82,7 @@ func TestDirectBenchScrapesBackend(t *testing.T) {
 			continue
 		}
 		if v.TTFTRequests == nil || int(*v.TTFTRequests) != s.Completed || v.TTFTP50 == nil || v.RunningMax == nil || v.KVCacheMetric == "" {
-			b, _ := json.Marshal(v)
-			t.Errorf("%s: server state %s; want vLLM's TTFT count = %d completed requests, a TTFT P50, gauges", s.Run, b, s.Completed)
+			t.Errorf("%s: server state %s; want vLLM's TTFT count = %d completed requests, a TTFT P50, gauges", s.Run, serverJSON(v), s.Completed)
 		}
 	}
 }
@@ -136,8 +135,8 @@ func TestSlowScrapesBracketRuns(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := testutil.OpenDB(t, db)
-	all := queryInt(t, d, `SELECT count(*) FROM backend_metrics WHERE name = 'scrape_duration_seconds'`)
-	short := queryInt(t, d, `SELECT count(*) FROM backend_metrics WHERE name = 'scrape_duration_seconds' AND value < ?`, delay.Seconds())
+	all := queryInt(t, d, `SELECT count(*) FROM backend_metrics WHERE name = ?`, recorder.ScrapeDurationSeries)
+	short := queryInt(t, d, `SELECT count(*) FROM backend_metrics WHERE name = ? AND value < ?`, recorder.ScrapeDurationSeries, delay.Seconds())
 	if all < 6 || short != 0 {
 		t.Errorf("%d scrape durations stored (want one per scrape, at least 6), %d shorter than the %s the answer was held", all, short, delay)
 	}
@@ -151,8 +150,7 @@ func TestSlowScrapesBracketRuns(t *testing.T) {
 	for _, s := range rep.Runs {
 		v := s.Server
 		if v == nil || v.TTFTRequests == nil || int(*v.TTFTRequests) != s.Completed || s.Completed != cfg.MaxRequests {
-			js, _ := json.Marshal(v)
-			t.Errorf("%s: server state %s; want vLLM's TTFT count = %d completed requests", s.Run, js, s.Completed)
+			t.Errorf("%s: server state %s; want vLLM's TTFT count = %d completed requests", s.Run, serverJSON(v), s.Completed)
 			continue
 		}
 		if v.CountersFrom.After(s.FirstStart) || v.CountersTo.Before(s.LastEnd.Add(delay)) {
@@ -160,6 +158,13 @@ func TestSlowScrapesBracketRuns(t *testing.T) {
 				s.Run, s.FirstStart, s.LastEnd, v.CountersFrom, v.CountersTo)
 		}
 	}
+}
+
+// serverJSON shows a run's server state in a failure message (its
+// numbers are pointers, which %+v would print as addresses).
+func serverJSON(v *report.ServerStats) []byte {
+	b, _ := json.Marshal(v)
+	return b
 }
 
 // TestScrapeFlags: what is scraped by default, and bad --scrape values.
