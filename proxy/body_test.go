@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -218,5 +219,57 @@ func testShutdownCutsAStalledStream(t *testing.T, r relay) {
 		}
 	case <-time.After(2 * time.Second):
 		t.Fatal("no record after Shutdown")
+	}
+}
+
+// openUpstreams is how many upstream connections the proxy keeps for a
+// shutdown's cut.
+func openUpstreams(p *Proxy) int {
+	p.activeMu.Lock()
+	defer p.activeMu.Unlock()
+	return len(p.active)
+}
+
+// TestShutdownSetHoldsOpenConnections: the connections a shutdown would cut
+// are the open ones, in use or idle in the pool, each from its dial to its
+// close, whoever closes it: a connection that is reused is not added twice,
+// and one the pool closes, or the proxy closes after a failure, is gone.
+func TestShutdownSetHoldsOpenConnections(t *testing.T) {
+	simURL := startSim(t, 1000, nil)
+	px, p, sink := startProxy(t, nil, config.Backend{Name: "sim", URL: simURL})
+	body := `{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,"max_tokens":4}`
+	for range 3 { // one after the other: one connection, reused
+		post(t, px+"/v1/chat/completions", body, nil)
+		sink.wait(t)
+	}
+	if n := openUpstreams(p); n != 1 {
+		t.Fatalf("%d connections kept after 3 requests on one, want 1", n)
+	}
+	var wg sync.WaitGroup
+	for range 4 { // together: more connections, all back in the pool after
+		wg.Go(func() { post(t, px+"/v1/chat/completions", body, nil) })
+	}
+	wg.Wait()
+	for range 4 {
+		sink.wait(t)
+	}
+	up := p.byName["sim"]
+	up.pool.CloseIdle()
+	if n := openUpstreams(p); n != 0 {
+		t.Fatalf("%d connections kept after the pool closed its idle ones, want 0", n)
+	}
+
+	// a backend that answers with garbage: the proxy closes the connection
+	bad := startFault(t, func(c net.Conn, _ *faultBackend) {
+		io.WriteString(c, "not HTTP\r\n\r\n")
+		c.Close()
+	})
+	px2, p2, sink2 := startProxy(t, nil, config.Backend{Name: "bad", URL: bad})
+	post(t, px2+"/v1/chat/completions", body, nil)
+	if rec := sink2.wait(t); rec.Status != http.StatusBadGateway {
+		t.Fatalf("status %d from a garbage backend, want 502", rec.Status)
+	}
+	if n := openUpstreams(p2); n != 0 {
+		t.Fatalf("%d connections kept after a failed exchange, want 0", n)
 	}
 }

@@ -38,6 +38,9 @@ type upstream struct {
 	dialTO  time.Duration
 	idleTO  time.Duration
 	pool    wire.IdlePool[*upConn]
+	// opened and closed (may be nil) see every connection dialed and
+	// closed: the proxy keeps the open ones for a shutdown to cut
+	opened, closed func(*upConn)
 
 	// inflight counts requests at this backend now: [0] primaries, [1]
 	// shadows, from roundTrip until done (Proxy.Stats).
@@ -90,6 +93,7 @@ type upConn struct {
 	// looped: the connection is in an event loop, whose waiter keeps the
 	// idle timeout (awaitLoop), so Read leaves the deadline alone
 	looped bool
+	closed func(*upConn) // the upstream's, called by Close
 }
 
 var errAborted = errors.New("request aborted by shutdown")
@@ -183,7 +187,10 @@ func (u *upstream) dial() (*upConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &upConn{c: nc, deadline: wire.ReadDeadline{Idle: u.idleTO}}
+	c := &upConn{c: nc, deadline: wire.ReadDeadline{Idle: u.idleTO}, closed: u.closed}
+	if u.opened != nil {
+		u.opened(c)
+	}
 	if !u.useTLS {
 		if c.rx = wire.NewRxReader(nc); c.rx != nil {
 			c.fd = c.rx.FD()
@@ -203,8 +210,13 @@ func (u *upstream) put(c *upConn) {
 
 func (u *upstream) closeIdle() { u.pool.CloseIdle() }
 
-// Close closes the connection (for the pool).
-func (c *upConn) Close() error { return c.c.Close() }
+// Close closes the connection: the pool's, the proxy's, every close.
+func (c *upConn) Close() error {
+	if c.closed != nil {
+		c.closed(c)
+	}
+	return c.c.Close()
+}
 
 // hopHeaders are connection-level headers that a proxy must not forward
 // (RFC 9110 §7.6.1), plus the ones the proxy sets itself.
