@@ -307,9 +307,9 @@ func (c *RxConn) Write(p []byte) (int, error) {
 	return k + n, err
 }
 
-// ClearKeep: SetReadDeadline leaves a deadline at least this far ahead in
+// clearKeep: SetReadDeadline leaves a deadline at least this far ahead in
 // place when asked to clear it.
-const ClearKeep = 60 * time.Second
+const clearKeep = 60 * time.Second
 
 // SetReadDeadline sets the read deadline as net.Conn's does, but moves the
 // runtime's timer only when it must. An HTTP server moves a keep-alive
@@ -320,29 +320,25 @@ const ClearKeep = 60 * time.Second
 // paravirtualised AMD VM"). So a deadline already set is kept when the new
 // one is later by at most IdleSlack of its distance (an idle connection is
 // closed up to a second early), and a clear leaves in place a deadline at
-// least ClearKeep ahead: reading a request that follows the last one on its
+// least clearKeep ahead: reading a request that follows the last one on its
 // connection may then take a minute at least, where it had no limit before.
 func (c *RxConn) SetReadDeadline(t time.Time) error {
 	c.dmu.Lock()
 	defer c.dmu.Unlock()
-	a := c.armed
+	var want int64 // 0: none
 	if t.IsZero() {
-		if a == 0 || a-time.Now().UnixNano() >= int64(ClearKeep) {
+		if c.armed == 0 || c.armed-time.Now().UnixNano() >= int64(clearKeep) {
 			return nil
 		}
 	} else {
-		want := t.UnixNano()
-		if a != 0 && a <= want && want-a <= int64(IdleSlack(time.Until(t))) {
+		want = t.UnixNano()
+		if c.armed != 0 && c.armed <= want && want-c.armed <= int64(IdleSlack(time.Until(t))) {
 			return nil
 		}
-		a = want
-	}
-	if t.IsZero() {
-		a = 0
 	}
 	err := c.Conn.SetReadDeadline(t)
 	if err == nil {
-		c.armed = a
+		c.armed = want
 	}
 	return err
 }
