@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"math/rand/v2"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -62,4 +63,53 @@ func BenchmarkRecorderThroughput(b *testing.B) {
 		b.Fatalf("wrote %d of %d", s.Written, b.N)
 	}
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "records/s")
+}
+
+// BenchmarkSubmitSparse hands the recorder one record at a time with a gap
+// between them, as the proxy does at one stream, where the writer is idle
+// whenever a record arrives. It reports the time spent in Submit and the
+// whole process's CPU per record, writer included: waking the writer for
+// every record shows in both.
+func BenchmarkSubmitSparse(b *testing.B) {
+	r, err := Open(Options{Path: b.TempDir() + "/sparse.db"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	req := Request{Run: "bench", Backend: "optimized", Role: RolePrimary, Endpoint: "/v1/chat/completions",
+		Stream: true, Status: 200, StartNS: 1, EndNS: 2, ChunkNS: []int64{1, 2}}
+	reqs := make([]Request, b.N)
+	for i := range reqs {
+		reqs[i] = req
+		reqs[i].ID = strconv.Itoa(i)
+	}
+	var inSubmit time.Duration
+	cpu0 := processCPU(b)
+	b.ResetTimer()
+	for i := range reqs {
+		time.Sleep(100 * time.Microsecond) // the writer goes back to sleep
+		t0 := time.Now()
+		if !r.Submit(&reqs[i]) {
+			b.Fatal("Submit dropped a record")
+		}
+		inSubmit += time.Since(t0)
+	}
+	b.StopTimer()
+	cpu := processCPU(b) - cpu0
+	if err := r.Close(); err != nil {
+		b.Fatal(err)
+	}
+	if s := r.Stats(); s.Written != int64(b.N) {
+		b.Fatalf("wrote %d of %d", s.Written, b.N)
+	}
+	b.ReportMetric(float64(inSubmit.Nanoseconds())/float64(b.N), "submit-ns/op")
+	b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/op")
+}
+
+// processCPU is the user and system CPU this process has used so far.
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -66,7 +66,8 @@ type Recorder struct {
 	lastDropLog                         atomic.Int64 // Unix ns of the last "queue full" log line
 	lastFailLog                         time.Time    // writer goroutine only
 
-	kick     chan struct{} // Flush asks the writer to commit what it has now
+	wake     chan struct{} // asks the writer to write what it holds and what is queued, now
+	wakes    atomic.Int64  // times the writer woke; tests count them
 	pmu      sync.Mutex
 	progress chan struct{} // closed and replaced after every batch; guarded by pmu
 	done     chan struct{} // closed when the writer goroutine has exited
@@ -155,7 +156,7 @@ func Open(opts Options) (*Recorder, error) {
 		insertReq:  insertReq,
 		insertBody: insertBody,
 		args:       make([]any, requestColumns),
-		kick:       make(chan struct{}, 1),
+		wake:       make(chan struct{}, 1),
 		progress:   make(chan struct{}),
 		done:       make(chan struct{}),
 	}
@@ -181,11 +182,25 @@ func (r *Recorder) Submit(req *Request) bool {
 	case r.queue <- req:
 		r.mu.RUnlock()
 		r.submitted.Add(1)
+		// Only a full batch wakes the writer early; before that it sleeps
+		// on its timer. len of a channel reads its count without a lock.
+		if len(r.queue) >= r.opts.BatchSize {
+			r.wakeWriter()
+		}
 		return true
 	default:
 		r.mu.RUnlock()
 		r.drop()
 		return false
+	}
+}
+
+// wakeWriter asks the writer to write now without waiting for a wake-up
+// already pending.
+func (r *Recorder) wakeWriter() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
 	}
 }
 
@@ -227,10 +242,7 @@ func (r *Recorder) Flush(ctx context.Context) error {
 		if r.written.Load()+r.failed.Load() >= target {
 			return nil
 		}
-		select {
-		case r.kick <- struct{}{}:
-		default:
-		}
+		r.wakeWriter()
 		select {
 		case <-progress:
 		case <-r.done:
@@ -252,6 +264,7 @@ func (r *Recorder) Close() error {
 		r.closed = true
 		close(r.queue)
 		r.mu.Unlock()
+		r.wakeWriter() // it may be asleep on its timer, holding records
 		<-r.done
 
 		r.wmu.Lock()

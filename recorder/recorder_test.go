@@ -292,6 +292,46 @@ func TestFlushIntervalBoundsLatency(t *testing.T) {
 	}
 }
 
+func TestWriterSleepsThroughABatch(t *testing.T) {
+	// Only the first record of a batch may wake the writer: the ones after
+	// it are queued while it sleeps on its timer, so Submit costs the data
+	// plane no goroutine wake-up.
+	r := openTest(t, Options{FlushInterval: time.Hour})
+	for i := range 50 {
+		r.Submit(&Request{ID: fmt.Sprint(i), Role: RolePrimary})
+		time.Sleep(200 * time.Microsecond) // time for a woken writer to run and park again
+	}
+	if w := r.wakes.Load(); w != 1 {
+		t.Fatalf("the writer woke %d times for 50 records, want once", w)
+	}
+	if got := count(t, r.DB(), `SELECT count(*) FROM requests`); got != 0 {
+		t.Fatalf("%d rows before the flush interval, want 0", got)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := r.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := count(t, r.DB(), `SELECT count(*) FROM requests`); got != 50 {
+		t.Fatalf("%d rows after Flush, want 50", got)
+	}
+}
+
+func TestFullBatchWakesTheWriter(t *testing.T) {
+	// with an hour-long interval, only a full batch can get records written
+	r := openTest(t, Options{BatchSize: 8, FlushInterval: time.Hour})
+	for i := range 20 {
+		r.Submit(&Request{ID: fmt.Sprint(i), Role: RolePrimary})
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for r.Stats().Written < 16 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%+v 5s after 20 records with batch size 8, want at least 16 written", r.Stats())
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func TestFlush(t *testing.T) {
 	// with an hour-long interval only Flush can make the record visible
 	r := openTest(t, Options{FlushInterval: time.Hour})
