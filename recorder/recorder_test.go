@@ -301,6 +301,11 @@ func TestWriterSleepsThroughABatch(t *testing.T) {
 		r.Submit(&Request{ID: fmt.Sprint(i), Role: RolePrimary})
 		time.Sleep(200 * time.Microsecond) // time for a woken writer to run and park again
 	}
+	deadline := time.Now().Add(5 * time.Second)
+	for r.wakes.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(10 * time.Millisecond) // room for wake-ups that should not happen
 	if w := r.wakes.Load(); w != 1 {
 		t.Fatalf("the writer woke %d times for 50 records, want once", w)
 	}
