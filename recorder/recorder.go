@@ -68,6 +68,7 @@ type Recorder struct {
 
 	wake     chan struct{} // asks the writer to write what it holds and what is queued, now
 	wakes    atomic.Int64  // times the writer woke; tests count them
+	wakeAt   int           // queued records that wake the writer early: a batch, or half the queue if less
 	pmu      sync.Mutex
 	progress chan struct{} // closed and replaced after every batch; guarded by pmu
 	done     chan struct{} // closed when the writer goroutine has exited
@@ -157,6 +158,7 @@ func Open(opts Options) (*Recorder, error) {
 		insertBody: insertBody,
 		args:       make([]any, requestColumns),
 		wake:       make(chan struct{}, 1),
+		wakeAt:     max(1, min(opts.BatchSize, opts.QueueSize/2)),
 		progress:   make(chan struct{}),
 		done:       make(chan struct{}),
 	}
@@ -182,9 +184,10 @@ func (r *Recorder) Submit(req *Request) bool {
 	case r.queue <- req:
 		r.mu.RUnlock()
 		r.submitted.Add(1)
-		// Only a full batch wakes the writer early; before that it sleeps
-		// on its timer. len of a channel reads its count without a lock.
-		if len(r.queue) >= r.opts.BatchSize {
+		// Only a full batch, or a half-full queue, wakes the writer early;
+		// before that it sleeps on its timer. len of a channel reads its
+		// count without a lock.
+		if len(r.queue) >= r.wakeAt {
 			r.wakeWriter()
 		}
 		return true

@@ -337,6 +337,30 @@ func TestFullBatchWakesTheWriter(t *testing.T) {
 	}
 }
 
+func TestHalfFullQueueWakesTheWriter(t *testing.T) {
+	// A queue smaller than a batch must not fill while the writer sleeps
+	// on its timer: half of it queued wakes the writer.
+	r := openTest(t, Options{QueueSize: 8, FlushInterval: time.Hour})
+	for i := range 40 {
+		if !r.Submit(&Request{ID: fmt.Sprint(i), Role: RolePrimary}) {
+			t.Fatalf("record %d dropped: %+v", i, r.Stats())
+		}
+		// the writer, once woken, empties the queue well within this
+		deadline := time.Now().Add(5 * time.Second)
+		for len(r.queue) >= 4 && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Microsecond)
+		}
+	}
+	// at most the held first record of a batch and 3 queued wait for the hour
+	deadline := time.Now().Add(5 * time.Second)
+	for r.Stats().Written < 36 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%+v with an hour-long interval, want at least 36 of 40 written", r.Stats())
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func TestFlush(t *testing.T) {
 	// with an hour-long interval only Flush can make the record visible
 	r := openTest(t, Options{FlushInterval: time.Hour})

@@ -30,8 +30,9 @@ const insertRequestSQL = `INSERT INTO requests(
 // timer, so the records after the first are queued without waking anyone
 // (a goroutine wake costs the data plane a few µs per request at one
 // stream). A batch is written FlushInterval after its first record, or
-// sooner when BatchSize records are queued, when Flush asks, or when the
-// queue is closed; Submit, Flush and Close send the wake-up for those.
+// sooner when BatchSize records (or half the queue, if that is less) are
+// queued, when Flush asks, or when the queue is closed; Submit, Flush and
+// Close send the wake-up for those.
 // Timing from the first record, not a free-running ticker, bounds how long
 // any record waits while costing at most one transaction and one wake-up
 // per FlushInterval under light load, and nothing when idle.
