@@ -86,7 +86,7 @@ func BenchmarkSubmitSparse(b *testing.B) {
 	cpu0 := processCPU(b)
 	b.ResetTimer()
 	for i := range reqs {
-		time.Sleep(100 * time.Microsecond) // the writer goes back to sleep
+		time.Sleep(100 * time.Microsecond) // a gap, as between one stream's requests
 		t0 := time.Now()
 		if !r.Submit(&reqs[i]) {
 			b.Fatal("Submit dropped a record")

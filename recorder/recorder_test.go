@@ -44,6 +44,29 @@ func closeTest(t *testing.T, r *Recorder) {
 	}
 }
 
+// flushTest flushes r, failing the test if that takes over 5 s.
+func flushTest(t *testing.T, r *Recorder) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := r.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitWritten waits up to 5 s for at least n records written, without
+// asking for a flush; what says what the test did, for the failure.
+func waitWritten(t *testing.T, r *Recorder, n int64, what string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for r.Stats().Written < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%+v 5s after %s, want at least %d written", r.Stats(), what, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // scanAll reads every request back through the public read side.
 func scanAll(t *testing.T, db *sql.DB, q Query) []*Request {
 	t.Helper()
@@ -312,11 +335,7 @@ func TestWriterSleepsThroughABatch(t *testing.T) {
 	if got := count(t, r.DB(), `SELECT count(*) FROM requests`); got != 0 {
 		t.Fatalf("%d rows before the flush interval, want 0", got)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := r.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
+	flushTest(t, r)
 	if got := count(t, r.DB(), `SELECT count(*) FROM requests`); got != 50 {
 		t.Fatalf("%d rows after Flush, want 50", got)
 	}
@@ -328,13 +347,7 @@ func TestFullBatchWakesTheWriter(t *testing.T) {
 	for i := range 20 {
 		r.Submit(&Request{ID: fmt.Sprint(i), Role: RolePrimary})
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for r.Stats().Written < 16 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%+v 5s after 20 records with batch size 8, want at least 16 written", r.Stats())
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitWritten(t, r, 16, "20 records with batch size 8")
 }
 
 func TestHalfFullQueueWakesTheWriter(t *testing.T) {
@@ -352,13 +365,7 @@ func TestHalfFullQueueWakesTheWriter(t *testing.T) {
 		}
 	}
 	// at most the held first record of a batch and 3 queued wait for the hour
-	deadline := time.Now().Add(5 * time.Second)
-	for r.Stats().Written < 36 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%+v with an hour-long interval, want at least 36 of 40 written", r.Stats())
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitWritten(t, r, 36, "40 records with an hour-long interval")
 }
 
 func TestFlush(t *testing.T) {
@@ -367,11 +374,7 @@ func TestFlush(t *testing.T) {
 	for i := range 10 {
 		r.Submit(&Request{ID: fmt.Sprint(i), Role: RolePrimary})
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := r.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
+	flushTest(t, r)
 	if got := count(t, r.DB(), `SELECT count(*) FROM requests`); got != 10 {
 		t.Fatalf("%d rows after Flush, want 10", got)
 	}
