@@ -1,6 +1,7 @@
 package recorder
 
 import (
+	"context"
 	"encoding/hex"
 	"math/rand/v2"
 	"strconv"
@@ -22,27 +23,8 @@ func BenchmarkRecorderThroughput(b *testing.B) {
 	if _, err := r.EnsureRun(Run{Name: "bench", Kind: KindBench}); err != nil {
 		b.Fatal(err)
 	}
-	const start = int64(1_750_000_000_000_000_000)
 	rng := rand.New(rand.NewPCG(1, 2))
-	templates := make([]Request, 64)
-	for i := range templates {
-		chunks := make([]int64, 100)
-		t := start + 150e6 + rng.Int64N(50e6)
-		for j := range chunks {
-			chunks[j] = t
-			t += 20e6 + rng.Int64N(20e6) // 20-40 ms ITL
-		}
-		var sum [32]byte
-		for k := range sum {
-			sum[k] = byte(rng.Uint32())
-		}
-		h := hex.EncodeToString(sum[:])
-		templates[i] = Request{Run: "bench", Backend: "optimized", Role: RolePrimary, PairID: "",
-			Endpoint: "/v1/chat/completions", Model: "Qwen/Qwen2.5-14B-Instruct", Stream: true, Status: 200,
-			StartNS: start, UpstreamNS: start + 50_000, FirstByteNS: start + 140e6, FirstTokenNS: chunks[0], EndNS: t,
-			ChunkNS: chunks, PromptTokens: 1000 + i, CompletionTokens: 100, TokensSource: TokensUsage,
-			FinishReason: "length", OutputSHA256: h, PromptSHA256: h, BytesIn: 4200, BytesOut: 21000}
-	}
+	templates := benchRequests(rng)
 	b.ReportAllocs()
 	b.ResetTimer()
 	begin := time.Now()
@@ -63,6 +45,32 @@ func BenchmarkRecorderThroughput(b *testing.B) {
 		b.Fatalf("wrote %d of %d", s.Written, b.N)
 	}
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "records/s")
+}
+
+// benchRequests returns 64 records like a 100-token stream's, with 100
+// chunk times each.
+func benchRequests(rng *rand.Rand) []Request {
+	const start = int64(1_750_000_000_000_000_000)
+	templates := make([]Request, 64)
+	for i := range templates {
+		chunks := make([]int64, 100)
+		t := start + 150e6 + rng.Int64N(50e6)
+		for j := range chunks {
+			chunks[j] = t
+			t += 20e6 + rng.Int64N(20e6) // 20-40 ms ITL
+		}
+		var sum [32]byte
+		for k := range sum {
+			sum[k] = byte(rng.Uint32())
+		}
+		h := hex.EncodeToString(sum[:])
+		templates[i] = Request{Run: "bench", Backend: "optimized", Role: RolePrimary, PairID: "",
+			Endpoint: "/v1/chat/completions", Model: "Qwen/Qwen2.5-14B-Instruct", Stream: true, Status: 200,
+			StartNS: start, UpstreamNS: start + 50_000, FirstByteNS: start + 140e6, FirstTokenNS: chunks[0], EndNS: t,
+			ChunkNS: chunks, PromptTokens: 1000 + i, CompletionTokens: 100, TokensSource: TokensUsage,
+			FinishReason: "length", OutputSHA256: h, PromptSHA256: h, BytesIn: 4200, BytesOut: 21000}
+	}
+	return templates
 }
 
 // BenchmarkSubmitSparse hands the recorder one record at a time with a gap
@@ -112,4 +120,53 @@ func processCPU(b *testing.B) time.Duration {
 		b.Fatal(err)
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkTransaction measures what one transaction costs the process
+// (the writer's CPU and the wake-up of Flush included) with 1, 4 and 16
+// records in it: under light load the writer commits once per
+// FlushInterval with whatever arrived, so the fixed part is paid per
+// interval, not per record.
+func BenchmarkTransaction(b *testing.B) {
+	for _, k := range []int{1, 4, 16} {
+		b.Run("records="+strconv.Itoa(k), func(b *testing.B) {
+			r, err := Open(Options{Path: b.TempDir() + "/tx.db", FlushInterval: time.Hour})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := r.EnsureRun(Run{Name: "bench", Kind: KindBench}); err != nil {
+				b.Fatal(err)
+			}
+			rng := rand.New(rand.NewPCG(1, 2))
+			templates := benchRequests(rng)
+			reqs := make([]Request, b.N*k)
+			for i := range reqs {
+				reqs[i] = templates[i%len(templates)]
+				reqs[i].ID = strconv.FormatUint(rng.Uint64(), 36)
+			}
+			ctx := context.Background()
+			cpu0 := processCPU(b)
+			b.ResetTimer()
+			for i := range b.N {
+				for j := range k {
+					if !r.Submit(&reqs[i*k+j]) {
+						b.Fatal("Submit dropped a record")
+					}
+				}
+				if err := r.Flush(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			cpu := processCPU(b) - cpu0
+			if err := r.Close(); err != nil {
+				b.Fatal(err)
+			}
+			if s := r.Stats(); s.Written != int64(b.N*k) {
+				b.Fatalf("wrote %d of %d", s.Written, b.N*k)
+			}
+			b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N)/1e3, "cpu-us/tx")
+			b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N*k)/1e3, "cpu-us/record")
+		})
+	}
 }
