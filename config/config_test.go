@@ -31,6 +31,9 @@ func TestDefaultsApplied(t *testing.T) {
 	if c.Proxy.MaxBodyBytes != 16<<20 || c.Proxy.DrainTimeout.Duration != 30*time.Second || c.Log.Level != "info" {
 		t.Fatalf("defaults not applied: %+v", c.Proxy)
 	}
+	if c.Recorder.FlushInterval.Duration != DefaultFlushInterval {
+		t.Fatalf("recorder.flush_interval = %v, want the default %v", c.Recorder.FlushInterval, DefaultFlushInterval)
+	}
 }
 
 func TestErrors(t *testing.T) {
@@ -46,6 +49,8 @@ func TestErrors(t *testing.T) {
 		"[proxy]\nevent_loop_min_streams = -1\n": `proxy.event_loop_min_streams must not be negative`,
 		"[proxy]\nprocs = -1\n":                  `proxy.procs is -1; use 0 (one CPU while quiet, all when busy) or a CPU count up to 1024`,
 		"[proxy\n":                               `x.toml:1:`,
+		"[recorder]\nflush_interval = '-1s'\n":   `recorder.flush_interval must not be negative`,
+		"[recorder]\nflush_interval = '2m'\n":    `recorder.flush_interval is 2m0s; at most 1m`,
 	}
 	for in, want := range cases {
 		_, err := Parse("x.toml", []byte(in))

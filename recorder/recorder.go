@@ -21,7 +21,7 @@ type Options struct {
 	Path          string        // SQLite file, created if missing
 	QueueSize     int           // records that may wait for the writer; default 65536
 	BatchSize     int           // max records per transaction; default 2048
-	FlushInterval time.Duration // max time a record waits for its batch under light load; default 50ms
+	FlushInterval time.Duration // max time a record waits for its batch under light load; default 250ms
 	StoreBodies   bool          // keep Prompt/Output in the bodies table; when false only their hashes are kept
 	Logger        *zap.Logger   // default: no logging
 
@@ -33,7 +33,7 @@ type Options struct {
 const (
 	defaultQueueSize     = 65536
 	defaultBatchSize     = 2048
-	defaultFlushInterval = 50 * time.Millisecond
+	defaultFlushInterval = 250 * time.Millisecond // config.DefaultFlushInterval says why
 )
 
 // Recorder is the write side: a bounded queue drained by one writer

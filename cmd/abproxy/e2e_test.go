@@ -302,3 +302,54 @@ url = "http://%s"
 		t.Fatalf("the failed reload was not logged with its reason:\n%s", out.String())
 	}
 }
+
+// TestFlushIntervalFromConfig: recorder.flush_interval reaches the
+// recorder. With a minute's interval a request's row is not in the
+// database a second later (the 250 ms default would have written it), and
+// the shutdown still writes it.
+func TestFlushIntervalFromConfig(t *testing.T) {
+	simAddr, proxyAddr := freeAddr(t), freeAddr(t)
+	dir := t.TempDir()
+	db, cfgPath := filepath.Join(dir, "db"), filepath.Join(dir, "config.toml")
+	cfg := fmt.Sprintf("[proxy]\nlisten = %q\n[recorder]\npath = %q\nflush_interval = \"1m\"\n[[backend]]\nname = \"a\"\nurl = \"http://%s\"\n", proxyAddr, db, simAddr)
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	start(t, "sim", "--listen", simAddr, "--speedup", "10")
+	waitHealthy(t, "http://"+simAddr)
+	srv, _ := start(t, "serve", "--config", cfgPath)
+	waitHealthy(t, "http://"+proxyAddr)
+	resp, err := http.Post("http://"+proxyAddr+"/v1/completions", "application/json",
+		strings.NewReader(`{"model":"Qwen/Qwen2.5-14B-Instruct","prompt":"x","max_tokens":2}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	rows := func() int {
+		t.Helper()
+		conn, err := sql.Open("sqlite3", "file:"+db+"?mode=ro")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		var n int
+		if err := conn.QueryRow(`SELECT count(*) FROM requests`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	time.Sleep(time.Second)
+	if n := rows(); n != 0 {
+		t.Fatalf("%d rows a second after the request with flush_interval = 1m; the setting did not reach the recorder", n)
+	}
+	if err := srv.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Wait(); err != nil {
+		t.Fatalf("serve exited with %v after SIGTERM", err)
+	}
+	if n := rows(); n != 1 {
+		t.Fatalf("%d rows after shutdown, want 1", n)
+	}
+}

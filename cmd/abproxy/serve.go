@@ -149,6 +149,7 @@ func runServe(ctx context.Context, f *serveFlags) error {
 	rec, err := recorder.Open(recorder.Options{
 		Path: cfg.Recorder.Path, QueueSize: cfg.Recorder.QueueSize,
 		StoreBodies: cfg.Recorder.StoreBodies, Logger: log.Named("recorder"),
+		FlushInterval: cfg.Recorder.FlushInterval.Duration,
 	})
 	if err != nil {
 		return err
