@@ -15,16 +15,7 @@ import (
 // The queue is sized to hold every record so the figure is the writer's
 // speed, not a drop rate; the target is >= 50,000 records/s.
 func BenchmarkRecorderThroughput(b *testing.B) {
-	path := b.TempDir() + "/bench.db"
-	r, err := Open(Options{Path: path, QueueSize: b.N + 1})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if _, err := r.EnsureRun(Run{Name: "bench", Kind: KindBench}); err != nil {
-		b.Fatal(err)
-	}
-	rng := rand.New(rand.NewPCG(1, 2))
-	templates := benchRequests(rng)
+	r, rng, templates := openBench(b, Options{Path: b.TempDir() + "/bench.db", QueueSize: b.N + 1})
 	b.ReportAllocs()
 	b.ResetTimer()
 	begin := time.Now()
@@ -45,6 +36,20 @@ func BenchmarkRecorderThroughput(b *testing.B) {
 		b.Fatalf("wrote %d of %d", s.Written, b.N)
 	}
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "records/s")
+}
+
+// openBench opens a recorder with a bench run, and returns it with a
+// seeded source and benchRequests' records.
+func openBench(b *testing.B, opts Options) (*Recorder, *rand.Rand, []Request) {
+	r, err := Open(opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := r.EnsureRun(Run{Name: "bench", Kind: KindBench}); err != nil {
+		b.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	return r, rng, benchRequests(rng)
 }
 
 // benchRequests returns 64 records like a 100-token stream's, with 100
@@ -130,15 +135,7 @@ func processCPU(b *testing.B) time.Duration {
 func BenchmarkTransaction(b *testing.B) {
 	for _, k := range []int{1, 4, 16} {
 		b.Run("records="+strconv.Itoa(k), func(b *testing.B) {
-			r, err := Open(Options{Path: b.TempDir() + "/tx.db", FlushInterval: time.Hour})
-			if err != nil {
-				b.Fatal(err)
-			}
-			if _, err := r.EnsureRun(Run{Name: "bench", Kind: KindBench}); err != nil {
-				b.Fatal(err)
-			}
-			rng := rand.New(rand.NewPCG(1, 2))
-			templates := benchRequests(rng)
+			r, rng, templates := openBench(b, Options{Path: b.TempDir() + "/tx.db", FlushInterval: time.Hour})
 			reqs := make([]Request, b.N*k)
 			for i := range reqs {
 				reqs[i] = templates[i%len(templates)]
