@@ -38,6 +38,7 @@ import (
 //	ABPROXY_OVERHEAD_LEVELS=1,16,200,1000   concurrency levels
 //	ABPROXY_OVERHEAD_SCALE=1                multiplies requests per round
 //	ABPROXY_OVERHEAD_ROUNDS=N               rounds per level (default per level)
+//	ABPROXY_OVERHEAD_PROMPT_BYTES=N         pad each prompt to about N bytes (default ~300)
 //	ABPROXY_OVERHEAD_OUT=FILE               also write the tables (Markdown) to FILE
 //	ABPROXY_OVERHEAD_CPUPROFILE=FILE        CPU profile of the abproxy process
 //	ABPROXY_OVERHEAD_BIN=PATH               measure a built `abproxy serve` instead
@@ -62,6 +63,11 @@ func BenchmarkOverhead(b *testing.B) {
 		b.Skip("BenchmarkOverhead reads /proc and uses SO_TIMESTAMPNS: Linux only")
 	}
 	levels := ovhLevels(b)
+	if v := os.Getenv(ovhPromptBytesEnv); v != "" {
+		if n, err := strconv.Atoi(v); err != nil || n < 0 {
+			b.Fatalf("%s=%q: want a number of bytes, such as 32768", ovhPromptBytesEnv, v)
+		}
+	}
 	dir := b.TempDir()
 
 	truth := &ovhTruth{}
@@ -126,8 +132,8 @@ func BenchmarkOverhead(b *testing.B) {
 	env.describe()
 	b.Logf("machine: %s", env.String())
 	lo, hi := ovhTokens(b)
-	b.Logf("sim: step %v + %v/stream (speedup %g), output %d-%d tokens (ignore_eos), prompt ~40 tokens, include_usage on",
-		step(0), time.Duration(float64(prof.StepPerSeq)/ovhSpeedup), ovhSpeedup, lo, hi)
+	b.Logf("sim: step %v + %v/stream (speedup %g), output %d-%d tokens (ignore_eos), request body %d bytes, include_usage on",
+		step(0), time.Duration(float64(prof.StepPerSeq)/ovhSpeedup), ovhSpeedup, lo, hi, ovhBodyBytes())
 
 	// Every request abproxy answered must be in its SQLite file: stop it
 	// (SIGTERM drains and closes the recorder) and compare its counts. This
@@ -247,6 +253,24 @@ func ovhTokens(b *testing.B) (lo, hi int) {
 	return lo, hi
 }
 
+// ovhPromptPad is the text put before the user message so that its body
+// has about ABPROXY_OVERHEAD_PROMPT_BYTES bytes (genai-bench's default
+// scenarios go up to 7,800 prompt tokens, some 30 KiB); empty by default.
+var ovhPromptPad = sync.OnceValue(func() string {
+	n, _ := strconv.Atoi(os.Getenv(ovhPromptBytesEnv))
+	const line = "Shall I compare thee to a summer's day? Thou art more lovely and more temperate. "
+	return strings.Repeat(line, max(0, n/len(line)))
+})
+
+const ovhPromptBytesEnv = "ABPROXY_OVERHEAD_PROMPT_BYTES"
+
+// ovhBodyBytes is the size of a request's JSON body.
+func ovhBodyBytes() int {
+	req := (&ovhTarget{}).request(8)
+	_, body, _ := bytes.Cut(req, []byte("\r\n\r\n"))
+	return len(body)
+}
+
 func ovhLevels(b *testing.B) []ovhLevel {
 	spec := os.Getenv("ABPROXY_OVERHEAD_LEVELS")
 	if spec == "" {
@@ -325,8 +349,8 @@ func (t *ovhTarget) close() {
 // request renders one streamed chat completion request.
 func (t *ovhTarget) request(maxTokens int) []byte {
 	body := fmt.Sprintf(`{"model":"bench","messages":[{"role":"system","content":"You are a helpful assistant."},`+
-		`{"role":"user","content":"Summarise the benefits of continuous batching for LLM serving in a few paragraphs."}],`+
-		`"max_tokens":%d,"ignore_eos":true,"temperature":0,"stream":true,"stream_options":{"include_usage":true}}`, maxTokens)
+		`{"role":"user","content":"%sSummarise the benefits of continuous batching for LLM serving in a few paragraphs."}],`+
+		`"max_tokens":%d,"ignore_eos":true,"temperature":0,"stream":true,"stream_options":{"include_usage":true}}`, ovhPromptPad(), maxTokens)
 	return fmt.Appendf(nil, "POST /v1/chat/completions HTTP/1.1\r\nHost: %s\r\nUser-Agent: ovh-bench\r\nContent-Type: application/json\r\n"+
 		"Authorization: Bearer sk-bench\r\nX-Request-Id: ovh-%s-%d\r\nContent-Length: %d\r\n\r\n%s",
 		t.addr, t.name, t.seq.Add(1), len(body), body)
