@@ -70,6 +70,9 @@ func TestMirrorPairsAndAgreement(t *testing.T) {
 		if p.PairID != p.ID || s1.PairID != p.ID || s2.PairID != p.ID || s1.ID == p.ID || s1.ID == s2.ID {
 			t.Fatalf("pair ids: primary %s/%s, shadows %s/%s %s/%s", p.ID, p.PairID, s1.ID, s1.PairID, s2.ID, s2.PairID)
 		}
+		if want := promptDigest(`[{"role":"user","content":"Shall I compare thee"}]`); p.PromptSHA256 != want || s1.PromptSHA256 != want || s2.PromptSHA256 != want {
+			t.Fatalf("prompt digests %q %q %q, want %q on all three", p.PromptSHA256, s1.PromptSHA256, s2.PromptSHA256, want)
+		}
 		if s1.Error != "" || s2.Error != "" || s1.CompletionTokens != 20 {
 			t.Fatalf("shadow records %+v %+v", s1, s2)
 		}

@@ -445,16 +445,23 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 		rw = p.rewriters.Get().(*rewriter)
 		defer p.rewriters.Put(rw)
 		var err error
-		if cr, err = rw.parse(ctx.Request.Body(), p.bodies); err != nil {
+		if cr, err = rw.parse(ctx.Request.Body()); err != nil {
 			p.fail(ctx, rec, fasthttp.StatusBadRequest, ErrBadRequest, "invalid_request_error",
 				"request body is not valid JSON: "+err.Error())
 			return
 		}
 		rec.Model = cr.model
 		rec.Stream = cr.stream
-		rec.PromptSHA256 = cr.promptSHA256
-		if p.bodies {
-			rec.Prompt = string(cr.prompt)
+	}
+	// the record's prompt digest, taken once the request has gone upstream
+	var digest func()
+	if tapped {
+		digest = func() {
+			var prompt []byte
+			rec.PromptSHA256, prompt = rw.digest(p.bodies)
+			if p.bodies {
+				rec.Prompt = string(prompt)
+			}
 		}
 	}
 	rt := p.route.Load()
@@ -470,6 +477,9 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 	if len(forced) > 0 {
 		u, ok := p.byName[string(forced)]
 		if !ok {
+			if digest != nil {
+				digest()
+			}
 			p.fail(ctx, rec, fasthttp.StatusBadRequest, ErrUnknownBackend, "invalid_request_error",
 				fmt.Sprintf("unknown backend %q in %s (configured: %v)", forced, HeaderBackend, p.cfg.BackendNames()))
 			return
@@ -494,7 +504,7 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 		string(ctx.Request.Header.Peek(HeaderNoMirror)) != "1" && rt.Sampled(key, rand.Float64()) {
 		mirror = func() *pair { return p.startShadows(ctx, rec, rw, cr, rt.Shadows(), rt.MaxShadowInflight()) }
 	}
-	p.forward(ctx, rec, up, body, cr, tapped, mirror)
+	p.forward(ctx, rec, up, body, cr, tapped, digest, mirror)
 }
 
 func sameSlice(a, b []byte) bool {
@@ -578,17 +588,22 @@ func isTimeout(err error) bool {
 	return errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
 }
 
-// forward sends the request to up and answers the client. mirror, when
-// set, starts the shadows' copies: right after the primary's request has
-// been written, so that their dials and writes do not delay it, or at once
-// if the primary fails before that.
-func (p *Proxy) forward(ctx *fasthttp.RequestCtx, rec *recorder.Request, up *upstream, body []byte, cr clientRequest, tapped bool, mirror func() *pair) {
+// forward sends the request to up and answers the client. Right after the
+// request has been written, or at once if that fails, it calls sent (the
+// record's work that the backend need not wait for) and then mirror, which
+// when set starts the shadows' copies, whose dials and writes then do not
+// delay the primary either.
+func (p *Proxy) forward(ctx *fasthttp.RequestCtx, rec *recorder.Request, up *upstream, body []byte, cr clientRequest, tapped bool, sent func(), mirror func() *pair) {
 	x := &exchange{p: p, rec: rec, up: up, keepUse: cr.includeUsage || !cr.stream}
 	if tapped {
 		x.tap = p.taps.Get().(*tap)
 		x.tap.reset(p.bodies || mirror != nil)
 	}
 	launch := func() {
+		if sent != nil {
+			sent()
+			sent = nil
+		}
 		if mirror != nil {
 			x.pair, mirror = mirror(), nil
 		}

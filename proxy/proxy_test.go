@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -208,6 +210,61 @@ func TestModelRewrite(t *testing.T) {
 	}
 	if rec := sink.wait(t); rec.Model != "Qwen/Qwen2.5-14B-Instruct" {
 		t.Fatalf("recorded model %q", rec.Model)
+	}
+}
+
+// promptDigest is the hex SHA-256 a record keeps of a prompt's JSON.
+func promptDigest(prompt string) string {
+	h := sha256.Sum256([]byte(prompt))
+	return hex.EncodeToString(h[:])
+}
+
+// The prompt's digest (and, with store_bodies, the prompt) are taken after
+// the request has gone upstream: every record still gets them, whether the
+// request succeeds or fails, streams or not.
+func TestPromptDigest(t *testing.T) {
+	simURL := startSim(t, 200, nil)
+	const messages = `[{"role":"user","content":"héllo \"quoted\" ✓"}]`
+	for _, store := range []bool{false, true} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// the model is rewritten, so render changes the parsed body first
+		px, _, sink := startProxyWith(t, ln, nil, func(o *Options) { o.StoreBodies = store },
+			config.Backend{Name: "sim", URL: simURL, Model: "Qwen/Qwen2.5-14B-Instruct"})
+		cases := []struct {
+			name, body, prompt string
+			hdr                map[string]string
+			status             int
+		}{
+			{"stream", `{"model":"m","stream":true,"max_tokens":3,"messages":` + messages + `}`, messages, nil, 200},
+			{"whole", `{"model":"m","max_tokens":3,"messages":` + messages + `}`, messages, nil, 200},
+			{"completions", `{"model":"m","max_tokens":3,"prompt":"once upon"}`, `"once upon"`, nil, 200},
+			{"unknown backend", `{"model":"m","messages":` + messages + `}`, messages, map[string]string{HeaderBackend: "nope"}, 400},
+			{"no prompt", `{"model":"m","max_tokens":3}`, "", nil, 200},
+		}
+		for _, c := range cases {
+			path := "/v1/chat/completions"
+			if c.name == "completions" {
+				path = "/v1/completions"
+			}
+			resp, body := post(t, px+path, c.body, c.hdr)
+			if resp.StatusCode != c.status && c.name != "no prompt" {
+				t.Fatalf("%s: status %d: %s", c.name, resp.StatusCode, body)
+			}
+			rec := sink.wait(t)
+			want := ""
+			if c.prompt != "" {
+				want = promptDigest(c.prompt)
+			}
+			if rec.PromptSHA256 != want {
+				t.Errorf("store=%v %s: prompt digest %q, want %q", store, c.name, rec.PromptSHA256, want)
+			}
+			if wantPrompt := map[bool]string{true: c.prompt}[store]; rec.Prompt != wantPrompt {
+				t.Errorf("store=%v %s: prompt %q, want %q", store, c.name, rec.Prompt, wantPrompt)
+			}
+		}
 	}
 }
 

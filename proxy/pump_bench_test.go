@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"testing"
 
 	"github.com/abproxy/abproxy/config"
@@ -131,23 +132,45 @@ func BenchmarkTapEvent(b *testing.B) {
 	})
 }
 
-// BenchmarkRequestPrep is the proxy's own work on a typical streamed chat
-// request before it goes upstream: parse the body, hash the prompt, and
-// render it with the backend's model and include_usage. One op is one
-// request.
+// BenchmarkRequestPrep is the proxy's own work on a streamed chat request
+// before it goes upstream ("before"): parse the body and render it with the
+// backend's model and include_usage; and the prompt's digest for the record,
+// taken after the request has been written ("digest"). Bodies of about 300
+// bytes and 32 KiB (genai-bench's longest default prompts are 7,800
+// tokens). One op is one request.
 func BenchmarkRequestPrep(b *testing.B) {
-	body := []byte(`{"model":"Qwen/Qwen2.5-14B-Instruct","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Summarise the following paragraph in two sentences: the quick brown fox jumps over the lazy dog while the cat watches from the fence and the farmer counts his sheep."}],"max_tokens":128,"temperature":0.7,"stream":true}`)
-	rw := &rewriter{}
-	b.ReportAllocs()
-	b.SetBytes(int64(len(body)))
-	for b.Loop() {
-		cr, err := rw.parse(body, false)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if out := rw.render(body, cr, "qwen-14b-fp8"); len(out) == 0 {
-			b.Fatal("empty render")
-		}
+	for _, size := range []int{0, 32 << 10} {
+		const line = "Shall I compare thee to a summer's day? Thou art more lovely and more temperate. "
+		content := strings.Repeat(line, size/len(line)) + "Summarise the following paragraph in two sentences."
+		body := []byte(`{"model":"Qwen/Qwen2.5-14B-Instruct","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"` + content + `"}],"max_tokens":128,"temperature":0.7,"stream":true}`)
+		name := fmt.Sprintf("body=%dB", len(body))
+		b.Run(name+"/before", func(b *testing.B) {
+			rw := &rewriter{}
+			b.ReportAllocs()
+			b.SetBytes(int64(len(body)))
+			for b.Loop() {
+				cr, err := rw.parse(body)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if out := rw.render(body, cr, "qwen-14b-fp8"); len(out) == 0 {
+					b.Fatal("empty render")
+				}
+			}
+		})
+		b.Run(name+"/digest", func(b *testing.B) {
+			rw := &rewriter{}
+			if _, err := rw.parse(body); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			b.SetBytes(int64(len(body)))
+			for b.Loop() {
+				if sum, _ := rw.digest(false); len(sum) != 64 {
+					b.Fatal("no digest")
+				}
+			}
+		})
 	}
 }
 

@@ -110,30 +110,39 @@ func TestTapNonStreamBody(t *testing.T) {
 func TestRewrite(t *testing.T) {
 	var rw rewriter
 	body := []byte(`{"model":"a","stream":true,"messages":[{"role":"user","content":"hi"}],"max_tokens":7}`)
-	cr, out, err := rw.rewrite(body, "b", false)
+	cr, out, err := rw.rewrite(body, "b")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !cr.stream || cr.includeUsage || cr.model != "a" || cr.promptSHA256 == "" {
+	if !cr.stream || cr.includeUsage || cr.model != "a" {
 		t.Fatalf("cr = %+v", cr)
 	}
 	want := `{"model":"b","stream":true,"messages":[{"role":"user","content":"hi"}],"max_tokens":7,"stream_options":{"include_usage":true}}`
 	if string(out) != want {
 		t.Fatalf("out = %s", out)
 	}
+	// the digest, taken after render, sees the messages and leaves render's
+	// result alone
+	sum, prompt := rw.digest(true)
+	if wantPrompt := `[{"role":"user","content":"hi"}]`; sum != promptDigest(wantPrompt) || string(prompt) != wantPrompt {
+		t.Fatalf("digest %s of %q", sum, prompt)
+	}
+	if string(out) != want {
+		t.Fatalf("render's result changed by the digest: %s", out)
+	}
 	// nothing to change: the very same bytes go upstream
 	body2 := []byte(`{"model":"b", "stream":false, "prompt":"x"}`)
-	_, out2, _ := rw.rewrite(body2, "b", false)
+	_, out2, _ := rw.rewrite(body2, "b")
 	if !sameSlice(out2, body2) {
 		t.Fatalf("unchanged body was re-encoded: %s", out2)
 	}
 	// include_usage already asked: kept, and remembered as the client's wish
-	cr3, out3, _ := rw.rewrite([]byte(`{"model":"b","stream":true,"stream_options":{"include_usage":true},"messages":[]}`), "b", false)
+	cr3, out3, _ := rw.rewrite([]byte(`{"model":"b","stream":true,"stream_options":{"include_usage":true},"messages":[]}`), "b")
 	if !cr3.includeUsage || !bytes.Contains(out3, []byte(`"include_usage":true`)) {
 		t.Fatalf("cr3 = %+v out %s", cr3, out3)
 	}
 	for _, bad := range []string{`{`, `[1,2]`, `"s"`, ``} {
-		if _, _, err := rw.rewrite([]byte(bad), "b", false); err == nil {
+		if _, _, err := rw.rewrite([]byte(bad), "b"); err == nil {
 			t.Errorf("rewrite(%q) accepted", bad)
 		}
 	}
@@ -199,9 +208,12 @@ func FuzzRewrite(f *testing.F) {
 	f.Add([]byte(`{"model":"\u00e9\ud83d\ude00","stream":false}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		var rw rewriter
-		cr, err := rw.parse(body, true)
+		cr, err := rw.parse(body)
 		if err != nil {
 			return
+		}
+		if sum, _ := rw.digest(false); sum != "" && len(sum) != 64 {
+			t.Fatalf("digest %q", sum)
 		}
 		for _, model := range []string{"backend-a", "", "backend-b"} {
 			out := rw.render(body, cr, model)
