@@ -53,6 +53,8 @@ import (
 //	ABPROXY_OVERHEAD_BIN_B=PATH             also measure a second built `abproxy serve`,
 //	                                        as target "abproxy-b", in the same rounds:
 //	                                        before and after a change, in one run
+//	ABPROXY_OVERHEAD_RELAY=1                also measure "go-relay", a bare TCP relay in
+//	                                        Go: the floor for a proxy on Go's runtime
 //
 // abproxy records every request into a real SQLite file through the
 // recorder (bounded queue, batched writer); the last sub-benchmark,
@@ -115,6 +117,17 @@ func BenchmarkOverhead(b *testing.B) {
 		defer abpB.stop()
 		targets = append(targets, &ovhTarget{name: ovhNameB, addr: abpB.addr, proc: abpB})
 		ovhTargetNames = append(ovhTargetNames, ovhNameB)
+	}
+	if v := os.Getenv(ovhRelayEnv); v == "1" {
+		relay, err := ovhStartRelay(dir, simAddr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer relay.stop()
+		targets = append(targets, &ovhTarget{name: ovhRelayName, addr: relay.addr, proc: relay})
+		ovhTargetNames = append(ovhTargetNames, ovhRelayName)
+	} else if v != "" && v != "0" {
+		b.Fatalf("%s=%q: want 1 (measure the Go relay too) or 0", ovhRelayEnv, v)
 	}
 	// Idle memory after one request each: the base of "memory per stream".
 	for _, t := range targets {
@@ -485,8 +498,12 @@ type ovhLevelResult struct {
 }
 
 // ovhTargetNames are the targets in table order: direct, nginx, abproxy
-// and, with ABPROXY_OVERHEAD_BIN_B, abproxy-b.
+// and, with ABPROXY_OVERHEAD_BIN_B, abproxy-b, and with
+// ABPROXY_OVERHEAD_RELAY, go-relay.
 var ovhTargetNames []string
+
+// ovhRelayEnv=1 adds the Go relay (ovhChildRelay) as a target.
+const ovhRelayEnv = "ABPROXY_OVERHEAD_RELAY"
 
 // ovhBinBEnv names a second abproxy binary, measured as ovhNameB.
 const (
@@ -790,6 +807,10 @@ func (r *ovhLevelResult) versus() string {
 	if _, ok := r.stats[ovhNameB]; ok {
 		s += "; " + ovhNameB + " minus abproxy: " + r.minus("abproxy", ovhNameB)
 	}
+	if _, ok := r.stats[ovhRelayName]; ok {
+		s += "; abproxy minus " + ovhRelayName + ": " + r.minus(ovhRelayName, "abproxy") +
+			"; " + ovhRelayName + " minus nginx: " + r.minus("nginx", ovhRelayName)
+	}
 	return s
 }
 
@@ -929,8 +950,8 @@ func (e ovhEnv) String() string {
 // and follows two different targets, so no target always runs right after
 // the same one.
 func TestOverheadRoundOrder(t *testing.T) {
-	targets := []string{"direct", "nginx", "abproxy", "abproxy-b"}
-	for _, n := range []int{3, 4} {
+	targets := []string{"direct", "nginx", "abproxy", "abproxy-b", "go-relay"}
+	for _, n := range []int{3, 4, 5} {
 		prev := map[string]map[string]bool{}
 		for round := 0; round < 4; round++ {
 			order := ovhRoundOrder(targets[:n], round)

@@ -39,7 +39,7 @@ import (
 // abproxy binary to measure that instead.
 
 const (
-	ovhChildEnv   = "ABPROXY_OVERHEAD_CHILD"   // "serve" or "sim": run that, not the tests
+	ovhChildEnv   = "ABPROXY_OVERHEAD_CHILD"   // "serve", "sim" or "relay": run that, not the tests
 	ovhListenEnv  = "ABPROXY_OVERHEAD_LISTEN"  // child: listen address
 	ovhBackendEnv = "ABPROXY_OVERHEAD_BACKEND" // child: backend URL
 	ovhDBEnv      = "ABPROXY_OVERHEAD_DB"      // child: SQLite path
@@ -56,6 +56,8 @@ func init() {
 		os.Exit(ovhChildServe())
 	case "sim":
 		os.Exit(ovhChildSim())
+	case "relay":
+		os.Exit(ovhChildRelay())
 	}
 }
 
@@ -174,6 +176,78 @@ func ovhChildSim() int {
 		return 1
 	}
 	return 0
+}
+
+// ovhRelayName is the optional floor target (ABPROXY_OVERHEAD_RELAY=1).
+const ovhRelayName = "go-relay"
+
+// ovhChildRelay is the least a proxy written in Go can do: a TCP relay
+// that dials the backend once per client connection and copies bytes both
+// ways, a goroutine and a 16 KiB buffer per direction, through the
+// runtime's poller like abproxy. It parses nothing and records nothing (and
+// copies through user space, as nginx and abproxy do, not with splice), so
+// the difference between it and abproxy is abproxy's own work, and between
+// it and nginx what Go's runtime costs or saves.
+func ovhChildRelay() int {
+	backend := os.Getenv(ovhBackendEnv)
+	ln, err := net.Listen("tcp", os.Getenv(ovhListenEnv))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "overhead relay:", err)
+		return 1
+	}
+	go func() {
+		sigs := make(chan os.Signal, 1)
+		signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+		<-sigs
+		ln.Close()
+	}()
+	relay := func(dst, src net.Conn) {
+		buf := make([]byte, 16<<10)
+		for {
+			n, err := src.Read(buf)
+			if n > 0 {
+				if _, werr := dst.Write(buf[:n]); werr != nil {
+					break
+				}
+			}
+			if err != nil {
+				break
+			}
+		}
+		dst.Close()
+		src.Close()
+	}
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return 0 // closed on SIGTERM
+		}
+		go func() {
+			up, err := net.Dial("tcp", backend)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "overhead relay:", err)
+				c.Close()
+				return
+			}
+			go relay(up, c)
+			relay(c, up)
+		}()
+	}
+}
+
+// ovhStartRelay starts the relay as a child of this test binary.
+func ovhStartRelay(dir, backendAddr string) (*ovhProc, error) {
+	addr, err := ovhFreeAddr()
+	if err != nil {
+		return nil, err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), ovhChildEnv+"=relay", ovhListenEnv+"="+addr, ovhBackendEnv+"="+backendAddr)
+	return ovhStartChild(cmd, dir, ovhRelayName, addr)
 }
 
 // ovhChildServe is `abproxy serve --backend sim=URL --listen ADDR --db PATH`
