@@ -110,6 +110,7 @@ func asError(err error, target **openai.Error) bool {
 // truthLine is one line of the sim's --truth file.
 type truthLine struct {
 	RequestID      string `json:"request_id"`
+	ReceivedNS     int64  `json:"received_ns"`
 	FirstContentNS int64  `json:"first_content_ns"`
 	EndNS          int64  `json:"end_ns"`
 	FirstDoneNS    int64  `json:"first_content_done_ns"`
@@ -118,7 +119,8 @@ type truthLine struct {
 
 // TestAccuracyUnderLoad checks the proxy's first-token and end times
 // against the sim's own write times at 256 concurrent streams. Each time
-// must be within 2 ms of the span of the write that sent its bytes. The
+// must be within 2 ms of the span of the write that sent its bytes, and
+// upstream_ns no later than the sim's read of the request. The
 // loopback "network" itself can deliver late when the machine is
 // saturated (the kernel sends a written segment later), so a failed round
 // is measured again, up to three rounds.
@@ -173,13 +175,16 @@ func accuracyRound(t *testing.T) float64 {
 	for err := range errs {
 		t.Fatal(err)
 	}
-	recs := map[string][2]int64{}
+	recs := map[string][3]int64{}
 	for i := 0; i < streams; i++ {
 		r := sink.wait(t)
 		if r.Error != "" || len(r.ChunkNS) != 24 {
 			t.Fatalf("record %+v", r)
 		}
-		recs[r.ID] = [2]int64{r.FirstTokenNS, r.EndNS}
+		if r.UpstreamNS < r.StartNS || r.FirstByteNS < r.UpstreamNS {
+			t.Fatalf("record times out of order: start %d upstream %d first byte %d", r.StartNS, r.UpstreamNS, r.FirstByteNS)
+		}
+		recs[r.ID] = [3]int64{r.FirstTokenNS, r.EndNS, r.UpstreamNS}
 	}
 	// the sim writes its truth when a request ends; give the last ones a moment
 	var lines []truthLine
@@ -206,7 +211,7 @@ func accuracyRound(t *testing.T) float64 {
 	// and the return of a write; a sim thread held up inside the write (a
 	// GC pause, a full send buffer, the OS running something else) widens
 	// that span, and the proxy's time is then checked against the span.
-	var dFirst, dEnd, spanFirst, spanEnd, offFirst, offEnd []float64
+	var dFirst, dEnd, spanFirst, spanEnd, offFirst, offEnd, upToRecv []float64
 	for _, l := range lines {
 		r, ok := recs[l.RequestID]
 		if !ok {
@@ -215,6 +220,12 @@ func accuracyRound(t *testing.T) float64 {
 		if l.FirstDoneNS == 0 || l.EndDoneNS == 0 {
 			t.Fatalf("truth line without write returns: %+v", l)
 		}
+		// upstream_ns is when the request left: the sim cannot have read
+		// it before (stamped when the write returned, it often came after)
+		if r[2] > l.ReceivedNS {
+			t.Errorf("request %s: upstream_ns %.3f ms after the sim had read it", l.RequestID, float64(r[2]-l.ReceivedNS)/1e6)
+		}
+		upToRecv = append(upToRecv, float64(l.ReceivedNS-r[2])/1e6)
 		dFirst = append(dFirst, float64(r[0]-l.FirstContentNS)/1e6)
 		dEnd = append(dEnd, float64(r[1]-l.EndNS)/1e6)
 		spanFirst = append(spanFirst, float64(l.FirstDoneNS-l.FirstContentNS)/1e6)
@@ -222,6 +233,8 @@ func accuracyRound(t *testing.T) float64 {
 		offFirst = append(offFirst, offSpan(r[0], l.FirstContentNS, l.FirstDoneNS))
 		offEnd = append(offEnd, offSpan(r[1], l.EndNS, l.EndDoneNS))
 	}
+	sort.Float64s(upToRecv)
+	t.Logf("upstream_ns to the sim's read of the request: p50 %.3f, max %.3f ms", upToRecv[len(upToRecv)/2], upToRecv[len(upToRecv)-1])
 	worst := 0.0
 	for _, m := range []struct {
 		name         string
@@ -238,6 +251,54 @@ func accuracyRound(t *testing.T) float64 {
 		worst = math.Max(worst, math.Max(math.Abs(m.off[0]), math.Abs(m.off[len(m.off)-1])))
 	}
 	return worst
+}
+
+// TestUpstreamBeforeBackendRead: upstream_ns is when the request left, so
+// the backend cannot have read the request before it, one request at a
+// time as under load. Stamped when the write returned instead, it came
+// after the sim's read for 26-30 of the 200 requests on a 2-vCPU VM: the
+// woken sim ran first.
+func TestUpstreamBeforeBackendRead(t *testing.T) {
+	var truth testutil.SyncBuffer
+	simURL := startSim(t, 200, &truth)
+	px, _, sink := startProxy(t, nil, config.Backend{Name: "sim", URL: simURL})
+	const n = 200
+	up := map[string]int64{}
+	for i := 0; i < n; i++ {
+		resp, body := post(t, px+"/v1/chat/completions", `{"model":"Qwen/Qwen2.5-14B-Instruct","messages":[{"role":"user","content":"hi"}],"max_tokens":1,"stream":true}`, nil)
+		if resp.StatusCode != 200 {
+			t.Fatalf("status %d: %s", resp.StatusCode, body)
+		}
+		r := sink.wait(t)
+		up[r.ID] = r.UpstreamNS
+	}
+	late, seen := 0, 0
+	deadline := time.Now().Add(5 * time.Second)
+	for seen < n && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+		late, seen = 0, 0
+		sc := bufio.NewScanner(bytes.NewReader(truth.Bytes()))
+		for sc.Scan() {
+			var l truthLine
+			if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+				t.Fatal(err)
+			}
+			u, ok := up[l.RequestID]
+			if !ok {
+				continue
+			}
+			seen++
+			if u == 0 || u > l.ReceivedNS {
+				late++
+			}
+		}
+	}
+	if seen != n {
+		t.Fatalf("truth for %d of %d requests", seen, n)
+	}
+	if late > 0 {
+		t.Errorf("upstream_ns after the sim's read of the request (or missing) for %d of %d requests", late, n)
+	}
 }
 
 // offSpan is how far t (ns) lies outside [start, done], in ms: negative
