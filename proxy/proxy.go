@@ -593,29 +593,36 @@ func isTimeout(err error) bool {
 	return errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
 }
 
-// forward sends the request to up and answers the client. Right after the
-// request has been written, or at once if that fails, it calls sent (the
-// record's work that the backend need not wait for) and then mirror, which
-// when set starts the shadows' copies, whose dials and writes then do not
-// delay the primary either.
+// forward sends the request to up and answers the client. sent is the
+// record's work that the backend need not wait for: it runs once the
+// response header is in, while the backend works on the answer (a backend
+// on the proxy's own CPUs, woken by the request, would otherwise wait for
+// it), or at once if the exchange fails. mirror, when set, starts the
+// shadows' copies right after the primary's request has been written, so
+// that their dials and writes do not delay it; sent runs first then, for
+// the shadows copy what it records.
 func (p *Proxy) forward(ctx *fasthttp.RequestCtx, rec *recorder.Request, up *upstream, body []byte, cr clientRequest, tapped bool, sent func(), mirror func() *pair) {
 	x := &exchange{p: p, rec: rec, up: up, keepUse: cr.includeUsage || !cr.stream}
 	if tapped {
 		x.tap = p.taps.Get().(*tap)
 		x.tap.reset(p.bodies || mirror != nil)
 	}
-	launch := func() {
+	finishSent := func() {
 		if sent != nil {
 			sent()
 			sent = nil
 		}
+	}
+	launch := func() {
 		if mirror != nil {
+			finishSent()
 			x.pair, mirror = mirror(), nil
 		}
 	}
 	var h fasthttp.ResponseHeader
 	c, err := p.roundTrip(&ctx.Request, ctx.Request.Header.RequestURI(), rec, up, body, tapped, &h, 0, launch)
 	launch() // the primary failed before its request went out
+	finishSent()
 	if err != nil {
 		status := x.roundTripError(err)
 		rec.BytesOut = int64(writeError(ctx, status, errorType(rec.Error), rec.Error, rec.ErrorDetail))
