@@ -453,17 +453,6 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 		rec.Model = cr.model
 		rec.Stream = cr.stream
 	}
-	// the record's prompt digest, taken once the request has gone upstream
-	var digest func()
-	if tapped {
-		digest = func() {
-			var prompt []byte
-			rec.PromptSHA256, prompt = rw.digest(p.bodies)
-			if p.bodies {
-				rec.Prompt = string(prompt)
-			}
-		}
-	}
 	rt := p.route.Load()
 	var key []byte
 	if h := rt.StickyHeader(); h != "" {
@@ -477,9 +466,7 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 	if len(forced) > 0 {
 		u, ok := p.byName[string(forced)]
 		if !ok {
-			if digest != nil {
-				digest()
-			}
+			p.notePrompt(rec, rw)
 			p.fail(ctx, rec, fasthttp.StatusBadRequest, ErrUnknownBackend, "invalid_request_error",
 				fmt.Sprintf("unknown backend %q in %s (configured: %v)", forced, HeaderBackend, p.cfg.BackendNames()))
 			return
@@ -504,7 +491,17 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 		string(ctx.Request.Header.Peek(HeaderNoMirror)) != "1" && rt.Sampled(key, rand.Float64()) {
 		mirror = func() *pair { return p.startShadows(ctx, rec, rw, cr, rt.Shadows(), rt.MaxShadowInflight()) }
 	}
-	p.forward(ctx, rec, up, body, cr, tapped, digest, mirror)
+	p.forward(ctx, rec, up, body, cr, rw, mirror)
+}
+
+// notePrompt puts the prompt's digest (and, with store_bodies, the prompt)
+// into the record; rw holds the parsed body, nil when none was parsed. The
+// backend does not need it, so forward takes it off the request's way.
+func (p *Proxy) notePrompt(rec *recorder.Request, rw *rewriter) {
+	if rw == nil {
+		return
+	}
+	rec.PromptSHA256, rec.Prompt = rw.digest(p.bodies)
 }
 
 func sameSlice(a, b []byte) bool {
@@ -557,11 +554,10 @@ func (p *Proxy) roundTrip(req *fasthttp.Request, uri []byte, rec *recorder.Reque
 		// call can return much later, when the backend it wakes runs on the
 		// proxy's CPU first (200 µs at the median at one stream on a 2-vCPU
 		// VM, with the backend's answer often in before the return).
-		rec.UpstreamNS = now()
+		sentNS := now()
 		err = up.writeRequest(c, req, uri, body, rec.ID, tapped)
-		if err != nil {
-			rec.UpstreamNS = 0 // not sent: roundTripError tells unreachable by this
-		} else {
+		if err == nil {
+			rec.UpstreamNS = sentNS
 			if afterWrite != nil {
 				afterWrite()
 			}
@@ -593,36 +589,35 @@ func isTimeout(err error) bool {
 	return errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
 }
 
-// forward sends the request to up and answers the client. sent is the
-// record's work that the backend need not wait for: it runs once the
-// response header is in, while the backend works on the answer (a backend
-// on the proxy's own CPUs, woken by the request, would otherwise wait for
-// it), or at once if the exchange fails. mirror, when set, starts the
-// shadows' copies right after the primary's request has been written, so
-// that their dials and writes do not delay it; sent runs first then, for
-// the shadows copy what it records.
-func (p *Proxy) forward(ctx *fasthttp.RequestCtx, rec *recorder.Request, up *upstream, body []byte, cr clientRequest, tapped bool, sent func(), mirror func() *pair) {
+// forward sends the request to up and answers the client. rw, the parsed
+// body of a tapped request (nil otherwise), gives the record its prompt
+// (notePrompt) once the response header is in, while the backend works on
+// the answer (a backend on the proxy's own CPUs, woken by the request,
+// would otherwise wait for it), or at once if the exchange fails. mirror,
+// when set, starts the shadows' copies right after the primary's request
+// has been written, so that their dials and writes do not delay it; the
+// prompt is noted first then, for the shadows copy it.
+func (p *Proxy) forward(ctx *fasthttp.RequestCtx, rec *recorder.Request, up *upstream, body []byte, cr clientRequest, rw *rewriter, mirror func() *pair) {
+	tapped := rw != nil
 	x := &exchange{p: p, rec: rec, up: up, keepUse: cr.includeUsage || !cr.stream}
 	if tapped {
 		x.tap = p.taps.Get().(*tap)
 		x.tap.reset(p.bodies || mirror != nil)
 	}
-	finishSent := func() {
-		if sent != nil {
-			sent()
-			sent = nil
-		}
+	notePrompt := func() {
+		p.notePrompt(rec, rw)
+		rw = nil // once
 	}
 	launch := func() {
 		if mirror != nil {
-			finishSent()
+			notePrompt()
 			x.pair, mirror = mirror(), nil
 		}
 	}
 	var h fasthttp.ResponseHeader
 	c, err := p.roundTrip(&ctx.Request, ctx.Request.Header.RequestURI(), rec, up, body, tapped, &h, 0, launch)
 	launch() // the primary failed before its request went out
-	finishSent()
+	notePrompt()
 	if err != nil {
 		status := x.roundTripError(err)
 		rec.BytesOut = int64(writeError(ctx, status, errorType(rec.Error), rec.Error, rec.ErrorDetail))

@@ -54,18 +54,18 @@ func (rw *rewriter) parse(body []byte) (clientRequest, error) {
 // neither. The record needs it, the backend does not: the proxy takes it
 // once the request is on its way, off the time to first token (a 30 KiB
 // prompt costs some 20 µs). render does not change what it reads.
-func (rw *rewriter) digest(keep bool) (sum string, prompt []byte) {
+func (rw *rewriter) digest(keep bool) (sum, prompt string) {
 	p := rw.v.Get("messages")
 	if p == nil {
 		p = rw.v.Get("prompt")
 	}
 	if p == nil {
-		return "", nil
+		return "", ""
 	}
 	rw.prompt = p.MarshalTo(rw.prompt[:0])
 	h := sha256.Sum256(rw.prompt)
 	if keep {
-		prompt = append([]byte(nil), rw.prompt...)
+		prompt = string(rw.prompt)
 	}
 	return hex.EncodeToString(h[:]), prompt
 }

@@ -186,27 +186,7 @@ func accuracyRound(t *testing.T) float64 {
 		}
 		recs[r.ID] = [3]int64{r.FirstTokenNS, r.EndNS, r.UpstreamNS}
 	}
-	// the sim writes its truth when a request ends; give the last ones a moment
-	var lines []truthLine
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		lines = lines[:0]
-		sc := bufio.NewScanner(bytes.NewReader(truth.Bytes()))
-		for sc.Scan() {
-			var l truthLine
-			if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
-				t.Fatal(err)
-			}
-			lines = append(lines, l)
-		}
-		if len(lines) >= streams || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if len(lines) != streams {
-		t.Fatalf("truth has %d lines, want %d", len(lines), streams)
-	}
+	lines := readTruth(t, &truth, streams)
 	// The sim knows only that the kernel took its bytes between the start
 	// and the return of a write; a sim thread held up inside the write (a
 	// GC pause, a full send buffer, the OS running something else) widens
@@ -272,33 +252,46 @@ func TestUpstreamBeforeBackendRead(t *testing.T) {
 		r := sink.wait(t)
 		up[r.ID] = r.UpstreamNS
 	}
-	late, seen := 0, 0
+	late := 0
+	for _, l := range readTruth(t, &truth, n) {
+		u, ok := up[l.RequestID]
+		if !ok {
+			t.Fatalf("truth line for unknown request %s", l.RequestID)
+		}
+		if u == 0 || u > l.ReceivedNS {
+			late++
+		}
+	}
+	if late > 0 {
+		t.Errorf("upstream_ns after the sim's read of the request (or missing) for %d of %d requests", late, n)
+	}
+}
+
+// readTruth waits up to 5 s for the sim's truth to hold n lines (the sim
+// writes a request's line when it ends) and returns them.
+func readTruth(t *testing.T, truth *testutil.SyncBuffer, n int) []truthLine {
+	t.Helper()
+	var lines []truthLine
 	deadline := time.Now().Add(5 * time.Second)
-	for seen < n && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-		late, seen = 0, 0
+	for {
+		lines = lines[:0]
 		sc := bufio.NewScanner(bytes.NewReader(truth.Bytes()))
 		for sc.Scan() {
 			var l truthLine
 			if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
 				t.Fatal(err)
 			}
-			u, ok := up[l.RequestID]
-			if !ok {
-				continue
-			}
-			seen++
-			if u == 0 || u > l.ReceivedNS {
-				late++
-			}
+			lines = append(lines, l)
 		}
+		if len(lines) >= n || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	if seen != n {
-		t.Fatalf("truth for %d of %d requests", seen, n)
+	if len(lines) != n {
+		t.Fatalf("truth has %d lines, want %d", len(lines), n)
 	}
-	if late > 0 {
-		t.Errorf("upstream_ns after the sim's read of the request (or missing) for %d of %d requests", late, n)
-	}
+	return lines
 }
 
 // offSpan is how far t (ns) lies outside [start, done], in ms: negative

@@ -124,7 +124,7 @@ func TestRewrite(t *testing.T) {
 	// the digest, taken after render, sees the messages and leaves render's
 	// result alone
 	sum, prompt := rw.digest(true)
-	if wantPrompt := `[{"role":"user","content":"hi"}]`; sum != promptDigest(wantPrompt) || string(prompt) != wantPrompt {
+	if wantPrompt := `[{"role":"user","content":"hi"}]`; sum != promptDigest(wantPrompt) || prompt != wantPrompt {
 		t.Fatalf("digest %s of %q", sum, prompt)
 	}
 	if string(out) != want {
