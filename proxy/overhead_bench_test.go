@@ -48,6 +48,9 @@ import (
 //	ABPROXY_OVERHEAD_LOOP_MIN_STREAMS=N     abproxy's proxy.event_loop_min_streams
 //	ABPROXY_OVERHEAD_PPROF=ADDR             serve net/http/pprof from abproxy on ADDR
 //	ABPROXY_OVERHEAD_KEEPDB=PATH            abproxy's SQLite file (default: a temp dir)
+//	ABPROXY_OVERHEAD_TRUTH=PATH             write the sim's truth lines (JSON, one per
+//	                                        request) to PATH at the end; joined with
+//	                                        KEEPDB on id, they split abproxy's hop
 //	ABPROXY_OVERHEAD_SIM=inprocess|process  the sim in the client's process (default)
 //	                                        or in its own, as a real backend is
 //	ABPROXY_OVERHEAD_BIN_B=PATH             also measure a second built `abproxy serve`,
@@ -73,6 +76,13 @@ func BenchmarkOverhead(b *testing.B) {
 	dir := b.TempDir()
 
 	truth := &ovhTruth{}
+	if f := os.Getenv(ovhTruthEnv); f != "" {
+		defer func() { // also after a failure: the lines are what explains it
+			truth.mu.Lock()
+			defer truth.mu.Unlock()
+			_ = os.WriteFile(f, truth.buf.Bytes(), 0o644)
+		}()
+	}
 	base, simProc, err := ovhStartSim(b, dir, truth)
 	if err != nil {
 		b.Fatal(err)
@@ -508,7 +518,9 @@ const ovhRelayEnv = "ABPROXY_OVERHEAD_RELAY"
 // ovhBinBEnv names a second abproxy binary, measured as ovhNameB.
 const (
 	ovhBinBEnv = "ABPROXY_OVERHEAD_BIN_B"
-	ovhNameB   = "abproxy-b"
+	// ovhTruthEnv names a file for the sim's truth lines.
+	ovhTruthEnv = "ABPROXY_OVERHEAD_TRUTH"
+	ovhNameB    = "abproxy-b"
 )
 
 // ovhProxies are the targets other than direct.
