@@ -101,12 +101,3 @@ func (rw *rewriter) render(body []byte, cr clientRequest, backendModel string) [
 	rw.out = v.MarshalTo(rw.out[:0])
 	return rw.out
 }
-
-// rewrite is parse then render, for one backend.
-func (rw *rewriter) rewrite(body []byte, backendModel string) (clientRequest, []byte, error) {
-	cr, err := rw.parse(body)
-	if err != nil {
-		return cr, nil, err
-	}
-	return cr, rw.render(body, cr, backendModel), nil
-}

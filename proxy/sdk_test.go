@@ -20,6 +20,7 @@ import (
 
 	"github.com/abproxy/abproxy/config"
 	"github.com/abproxy/abproxy/internal/testutil"
+	"github.com/abproxy/abproxy/sim"
 )
 
 // TestOpenAISDK drives the proxy with the official OpenAI Go SDK, the way
@@ -107,16 +108,6 @@ func asError(err error, target **openai.Error) bool {
 	return ok
 }
 
-// truthLine is one line of the sim's --truth file.
-type truthLine struct {
-	RequestID      string `json:"request_id"`
-	ReceivedNS     int64  `json:"received_ns"`
-	FirstContentNS int64  `json:"first_content_ns"`
-	EndNS          int64  `json:"end_ns"`
-	FirstDoneNS    int64  `json:"first_content_done_ns"`
-	EndDoneNS      int64  `json:"end_done_ns"`
-}
-
 // TestAccuracyUnderLoad checks the proxy's first-token and end times
 // against the sim's own write times at 256 concurrent streams. Each time
 // must be within 2 ms of the span of the write that sent its bytes, and
@@ -197,7 +188,7 @@ func accuracyRound(t *testing.T) float64 {
 		if !ok {
 			t.Fatalf("truth line for unknown request %s", l.RequestID)
 		}
-		if l.FirstDoneNS == 0 || l.EndDoneNS == 0 {
+		if l.FirstContentDoneNS == 0 || l.EndDoneNS == 0 {
 			t.Fatalf("truth line without write returns: %+v", l)
 		}
 		// upstream_ns is when the request left: the sim cannot have read
@@ -208,9 +199,9 @@ func accuracyRound(t *testing.T) float64 {
 		upToRecv = append(upToRecv, float64(l.ReceivedNS-r[2])/1e6)
 		dFirst = append(dFirst, float64(r[0]-l.FirstContentNS)/1e6)
 		dEnd = append(dEnd, float64(r[1]-l.EndNS)/1e6)
-		spanFirst = append(spanFirst, float64(l.FirstDoneNS-l.FirstContentNS)/1e6)
+		spanFirst = append(spanFirst, float64(l.FirstContentDoneNS-l.FirstContentNS)/1e6)
 		spanEnd = append(spanEnd, float64(l.EndDoneNS-l.EndNS)/1e6)
-		offFirst = append(offFirst, offSpan(r[0], l.FirstContentNS, l.FirstDoneNS))
+		offFirst = append(offFirst, offSpan(r[0], l.FirstContentNS, l.FirstContentDoneNS))
 		offEnd = append(offEnd, offSpan(r[1], l.EndNS, l.EndDoneNS))
 	}
 	sort.Float64s(upToRecv)
@@ -269,15 +260,15 @@ func TestUpstreamBeforeBackendRead(t *testing.T) {
 
 // readTruth waits up to 5 s for the sim's truth to hold n lines (the sim
 // writes a request's line when it ends) and returns them.
-func readTruth(t *testing.T, truth *testutil.SyncBuffer, n int) []truthLine {
+func readTruth(t *testing.T, truth *testutil.SyncBuffer, n int) []sim.TruthRecord {
 	t.Helper()
-	var lines []truthLine
+	var lines []sim.TruthRecord
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		lines = lines[:0]
 		sc := bufio.NewScanner(bytes.NewReader(truth.Bytes()))
 		for sc.Scan() {
-			var l truthLine
+			var l sim.TruthRecord
 			if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
 				t.Fatal(err)
 			}

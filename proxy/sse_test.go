@@ -107,6 +107,15 @@ func TestTapNonStreamBody(t *testing.T) {
 	}
 }
 
+// rewrite is parse then render, for one backend (the tests' shorthand).
+func (rw *rewriter) rewrite(body []byte, backendModel string) (clientRequest, []byte, error) {
+	cr, err := rw.parse(body)
+	if err != nil {
+		return cr, nil, err
+	}
+	return cr, rw.render(body, cr, backendModel), nil
+}
+
 func TestRewrite(t *testing.T) {
 	var rw rewriter
 	body := []byte(`{"model":"a","stream":true,"messages":[{"role":"user","content":"hi"}],"max_tokens":7}`)
